@@ -1,0 +1,60 @@
+"""The train state: two parameter trees, their BatchNorm statistics and two optimizers.
+
+Plain data (a pytree of arrays), so a checkpoint is the state itself; the two optax
+transforms are rebuilt from the config and passed to the step.
+"""
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  rng: jax.Array          # raw uint32 key data (checkpoints hold plain arrays)
+  recognizer: Any          # {'params': {'backbone', 'head'}, 'batch_stats': ...}
+  discriminator: Any       # {'params': ..., 'batch_stats': ...}
+  recognizer_opt: Any
+  discriminator_opt: Any
+
+
+def lr_schedule(optim_cfg, steps_per_epoch, update_period=1):
+  """Piecewise-constant learning rate by epoch, counted in the optimizer's own updates."""
+  updates_per_epoch = steps_per_epoch / update_period
+  boundaries = {int(round(epoch * updates_per_epoch)): optim_cfg.lr_decay
+                for epoch in optim_cfg.lr_decay_epochs}
+  return optax.piecewise_constant_schedule(optim_cfg.lr, boundaries)
+
+
+def make_optimizer(optim_cfg, steps_per_epoch, update_period=1):
+  """SGD with momentum and coupled weight decay (added to the gradient, as torch.optim.SGD)."""
+  if optim_cfg.name != "sgd":
+    raise ValueError(f"optimizer name={optim_cfg.name!r} is not supported; choose 'sgd'")
+  return optax.chain(
+      optax.add_decayed_weights(optim_cfg.weight_decay),
+      optax.sgd(lr_schedule(optim_cfg, steps_per_epoch, update_period),
+                momentum=optim_cfg.momentum))
+
+
+def init_variables(recognizer, discriminator, rng, image_size, tap):
+  """Initial variables of R and D (D is initialised on the shape of R's tap)."""
+  r_rng, d_rng = jax.random.split(rng)
+  images = jnp.zeros((2, image_size, image_size, 3), jnp.float32)
+  labels = jnp.zeros((2,), jnp.int32)
+  r_vars = recognizer.init(r_rng, images, labels, train=False)
+  taps = recognizer.apply(r_vars, images, labels, train=False)["taps"]
+  d_vars = discriminator.init(d_rng, taps[tap], train=False)
+  return r_vars, d_vars
+
+
+def create(recognizer, discriminator, r_tx, d_tx, rng, image_size, tap):
+  init_rng, state_rng = jax.random.split(rng)
+  r_vars, d_vars = init_variables(recognizer, discriminator, init_rng, image_size, tap)
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(state_rng),
+      recognizer=r_vars, discriminator=d_vars,
+      recognizer_opt=r_tx.init(r_vars["params"]),
+      discriminator_opt=d_tx.init(d_vars["params"]))

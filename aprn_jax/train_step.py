@@ -1,0 +1,104 @@
+"""One training step of R (recognizer) and D (pose discriminator), Eq. 1-2.
+
+    L = Lc(R) + alpha * V(D, R')
+
+One forward pass of R yields the identity logits and the tapped map f = R'(x); one forward
+pass of D yields y = D(f). The L1 gradients dL1(y, l)/dy and dL1(y, l_mean)/dy are mixed per
+side by the loss variant (losses.ROUTING) and pulled back through D twice: once to D's
+parameters (D's update), once to f (the pose gradient for R', with D's parameters held
+fixed — the stop-gradient of Eq. 2). The f-cotangent then joins the identity loss's in a single
+backward pass of R, so only the layers below the tap get the pose gradient. With
+`with_pose=False` (the baseline phase) D is not run at all.
+
+The step is written for `jax.pmap(..., axis_name='batch')`: gradients and metrics are averaged
+across devices, and BatchNorm statistics are synchronised by the modules' `axis_name`, so a
+step on N devices equals a step on one device with the same global batch.
+"""
+import jax
+import jax.numpy as jnp
+import optax
+
+from aprn_jax import losses
+
+AXIS = "batch"
+
+
+def _select(flag, new, old):
+  return jax.tree.map(lambda a, b: jnp.where(flag, a, b), new, old)
+
+
+def _is_on(step, period):
+  return (step % period) == 0
+
+
+def train_step(state, batch, mean_face, *, recognizer, discriminator, r_tx, d_tx,
+               tap, variant="adversarial", alpha=0.2, d_period=1, adv_period=1,
+               with_pose=True):
+  """Returns (new_state, metrics). `batch`: image, label, landmarks; `mean_face`: (M, 2)."""
+  images, labels, landmarks = batch["image"], batch["label"], batch["landmarks"]
+  (d_true, d_mean), (r_true, r_mean) = losses.routing(variant)
+
+  def recognizer_forward(params):
+    out, new_vars = recognizer.apply(
+        {"params": params, "batch_stats": state.recognizer["batch_stats"]},
+        images, labels, train=True, mutable=["batch_stats"])
+    id_loss = losses.identity_loss(out["logits"], labels)
+    aux = (new_vars["batch_stats"], out["plain_logits"])
+    return (id_loss, out["taps"][tap]), aux
+
+  (id_loss, f), r_vjp, (r_stats, plain_logits) = jax.vjp(
+      recognizer_forward, state.recognizer["params"], has_aux=True)
+  metrics = {"identity_loss": id_loss,
+             "accuracy": jnp.mean(jnp.argmax(plain_logits, -1) == labels)}
+
+  f_cotangent = jnp.zeros_like(f)
+  new_discriminator, new_d_opt = state.discriminator, state.discriminator_opt
+  if with_pose:
+    def discriminator_forward(params, features):
+      y, new_vars = discriminator.apply(
+          {"params": params, "batch_stats": state.discriminator["batch_stats"]},
+          features, train=True, mutable=["batch_stats"])
+      return y, new_vars["batch_stats"]
+
+    y, d_vjp, d_stats = jax.vjp(
+        discriminator_forward, state.discriminator["params"], f, has_aux=True)
+    l1_true, g_true = losses.l1_and_grad(y, landmarks)
+    l1_mean, g_mean = losses.l1_and_grad(y, mean_face)
+    metrics.update(d_l1=l1_true, adversarial_l1=l1_mean,
+                   truth_to_mean_l1=losses.l1(landmarks, mean_face))
+
+    d_on = _is_on(state.step, d_period)
+    adv_on = _is_on(state.step, adv_period).astype(jnp.float32)
+    d_grads, _ = d_vjp(alpha * (d_true * g_true + d_mean * g_mean))
+    _, f_cotangent = d_vjp(alpha * adv_on * (r_true * g_true + r_mean * g_mean))
+
+    d_grads = jax.lax.pmean(d_grads, AXIS)
+    d_updates, d_opt = d_tx.update(d_grads, state.discriminator_opt,
+                                   state.discriminator["params"])
+    d_params = optax.apply_updates(state.discriminator["params"], d_updates)
+    # D is updated only every d_period steps: params, momentum and statistics stay put.
+    new_discriminator = _select(d_on, {"params": d_params, "batch_stats": d_stats},
+                                state.discriminator)
+    new_d_opt = _select(d_on, d_opt, state.discriminator_opt)
+
+  (r_grads,) = r_vjp((jnp.ones_like(id_loss), f_cotangent))
+  r_grads = jax.lax.pmean(r_grads, AXIS)
+  r_updates, r_opt = r_tx.update(r_grads, state.recognizer_opt, state.recognizer["params"])
+  r_params = optax.apply_updates(state.recognizer["params"], r_updates)
+
+  new_state = state.replace(
+      step=state.step + 1,
+      recognizer={"params": r_params, "batch_stats": r_stats},
+      discriminator=new_discriminator,
+      recognizer_opt=r_opt, discriminator_opt=new_d_opt)
+  return new_state, jax.lax.pmean(metrics, AXIS)
+
+
+def pmap_train_step(**static):
+  """The step pmapped over local devices: state and mean face replicated, batch sharded.
+
+  The state stays one unreplicated pytree (in_axes/out_axes None), as in flax's imagenet
+  example; the batch has a leading device axis.
+  """
+  step = lambda state, batch, mean_face: train_step(state, batch, mean_face, **static)
+  return jax.pmap(step, axis_name=AXIS, in_axes=(None, 0, None), out_axes=(None, None))

@@ -1,0 +1,141 @@
+"""Shapes and parameter counts of the backbones and discriminators (abstract: jax.eval_shape)."""
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from aprn_jax import models
+from aprn_jax.models import resnet
+
+
+def make_config(backbone="resnet", depth=101, embedding_dim=256, tap="stage4", image_size=224,
+                **model):
+  return ml_collections.ConfigDict(dict(
+      model=dict(backbone=backbone, depth=depth, embedding_dim=embedding_dim, head="softmax",
+                 **model),
+      aprn=dict(tap=tap), data=dict(image_size=image_size)))
+
+
+def abstract_init(config, num_landmarks=51):
+  recognizer, disc = models.make_models(config, num_classes=10, num_landmarks=num_landmarks)
+  size = config.data.image_size
+  images = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+  out, r_vars = jax.eval_shape(
+      lambda x: recognizer.init_with_output(jax.random.key(0), x, jnp.zeros(2, jnp.int32)), images)
+  tap = out["taps"][config.aprn.tap]
+  landmarks, d_vars = jax.eval_shape(
+      lambda f: disc.init_with_output(jax.random.key(0), f, False), tap)
+  return r_vars, out, d_vars, landmarks
+
+
+def count(tree):
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("depth,expected", [(101, 68_182_848), (152, 83_826_496)])
+def test_resnet_matches_public_parameter_count(depth, expected):
+  r_vars, out, d_vars, landmarks = abstract_init(make_config(depth=depth))
+  assert count(r_vars["params"]["backbone"]) == expected
+  assert out["embedding"].shape == (2, 256)
+  # Table 1: stem 56, stage1 56, stage2 28, stage3 14, stage4 7 at a 224 input.
+  shapes = {name: out["taps"][name].shape for name in resnet.TAPS}
+  assert shapes == {"stem": (2, 56, 56, 64), "stage1": (2, 56, 56, 256),
+                    "stage2": (2, 28, 28, 512), "stage3": (2, 14, 14, 1024),
+                    "stage4": (2, 7, 7, 2048)}
+  # The stage4 discriminator of the public code: 41,095,270 parameters for M = 51.
+  assert count(d_vars["params"]) == 41_095_270
+  assert landmarks.shape == (2, 51, 2)
+
+
+def conv_bn(cin, cout, k=3):
+  return k * k * cin * cout + 2 * cout
+
+
+@pytest.mark.parametrize("tap,widths", [
+    ("stem", (256, 512, 1024, 2048)), ("stage1", (512, 1024, 2048)),
+    ("stage2", (1024, 2048)), ("stage3", (2048,)), ("stage4", (2048,))])
+def test_table1_discriminators(tap, widths):
+  _, out, d_vars, landmarks = abstract_init(make_config(depth=50, tap=tap), num_landmarks=68)
+  cin = out["taps"][tap].shape[-1]
+  expected = 0
+  for w in widths:
+    expected += conv_bn(cin, w)
+    cin = w
+  expected += 2048 * 4 * 4 * 136 + 136  # every tap reaches the dense layer at 7x7 -> pool 4x4
+  assert count(d_vars["params"]) == expected
+  assert landmarks.shape == (2, 68, 2)
+
+
+def test_resnet50_and_default_152_embedding():
+  r_vars, _, _, _ = abstract_init(make_config(depth=50, embedding_dim=512))
+  stages = (3, 4, 6, 3)
+  expected = 7 * 7 * 3 * 64 + 2 * 64
+  cin = 64
+  for i, blocks in enumerate(stages):
+    w = 64 * 2**i
+    for b in range(blocks):
+      expected += (cin * 4 * w if b == 0 else 2 * cin)  # shortcut or pre-activation BN
+      expected += cin * w + 2 * w + 9 * w * w + 2 * w + w * 4 * w
+      cin = 4 * w
+    expected += 2 * cin  # BN after the stage
+  expected += 7 * 7 * 2048 * 512 + 512
+  assert count(r_vars["params"]["backbone"]) == expected
+
+
+def test_casia_net_shapes_counts_and_table4_discriminator():
+  config = make_config(backbone="casia_net", tap="last_conv", image_size=96, embedding_dim=320)
+  r_vars, out, d_vars, landmarks = abstract_init(config)
+  widths = [32, 64, 64, 128, 96, 192, 128, 256, 160, 320]
+  expected = sum(conv_bn(cin, cout) for cin, cout in zip([3] + widths[:-1], widths))
+  assert count(r_vars["params"]["backbone"]) == expected
+  assert out["embedding"].shape == (2, 320)
+  shapes = {k: v.shape[1:] for k, v in out["taps"].items()}
+  assert shapes == {"block1": (96, 96, 64), "block2": (48, 48, 128), "block3": (24, 24, 192),
+                    "block4": (12, 12, 256), "block5": (6, 6, 320), "last_conv": (6, 6, 320)}
+  # Table 4: three Conv3x3x320 + BN + ReLU, then a dense layer to 2M (no pool).
+  assert count(d_vars["params"]) == 3 * conv_bn(320, 320) + 6 * 6 * 320 * 102 + 102
+  assert landmarks.shape == (2, 51, 2)
+
+
+def test_tiny_resnet_any_width_and_input_size():
+  config = make_config(stage_sizes=(1, 1, 1, 1), width=8, embedding_dim=32, image_size=64,
+                       tap="stage1")
+  _, out, _, landmarks = abstract_init(config, num_landmarks=51)
+  assert out["taps"]["stage4"].shape == (2, 2, 2, 256)  # 8 * 2**3 * 4 channels
+  assert out["embedding"].shape == (2, 32)
+  assert landmarks.shape == (2, 51, 2)
+
+
+@pytest.mark.parametrize("field,value,option", [
+    ("aprn.tap", "stage5", "config.aprn.tap"),
+    ("model.backbone", "vgg", "config.model.backbone"),
+    ("model.head", "sphereface", "config.model.head"),
+    ("model.depth", 34, "config.model.depth"),
+    ("model.dtype", "float16", "config.model.dtype"),
+])
+def test_bad_model_configuration_names_the_option(field, value, option):
+  config = make_config(depth=50)
+  section, name = field.split(".")
+  config[section][name] = value
+  with pytest.raises(ValueError, match=option.replace(".", r"\.")):
+    models.make_models(config, num_classes=10, num_landmarks=51)
+
+
+def test_embed_is_backbone_only_and_unit_norm():
+  config = make_config(stage_sizes=(1, 1, 1, 1), width=4, embedding_dim=8, image_size=32)
+  recognizer, _ = models.make_models(config, num_classes=5, num_landmarks=51)
+  images = np.random.RandomState(0).randn(4, 32, 32, 3).astype(np.float32)
+  variables = recognizer.init(jax.random.key(0), images, None)
+  from aprn_jax import inference
+  embed = inference.make_embed_fn(recognizer, variables)
+  out = embed(images)
+  assert out.shape == (4, 8)
+  np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+  raw = recognizer.apply(variables, images, None)["embedding"]
+  np.testing.assert_allclose(out, raw / np.linalg.norm(raw, axis=1, keepdims=True),
+                             rtol=1e-4, atol=1e-6)
+  # The head is not needed: inference reads the backbone's variables only.
+  assert set(inference.backbone_variables(variables)["params"]) == {"backbone"}
