@@ -3,6 +3,7 @@
 Plain data (a pytree of arrays), so a checkpoint is the state itself; the two optax
 transforms are rebuilt from the config and passed to the step.
 """
+import functools
 from typing import Any
 
 import flax
@@ -41,6 +42,11 @@ def make_optimizer(optim_cfg, steps_per_epoch, update_period=1):
 
 def init_variables(recognizer, discriminator, rng, image_size, tap):
   """Initial variables of R and D (D is initialised on the shape of R's tap)."""
+  return jax.jit(functools.partial(_init_variables, recognizer, discriminator,
+                                   image_size=image_size, tap=tap))(rng)
+
+
+def _init_variables(recognizer, discriminator, rng, *, image_size, tap):
   r_rng, d_rng = jax.random.split(rng)
   images = jnp.zeros((2, image_size, image_size, 3), jnp.float32)
   labels = jnp.zeros((2,), jnp.int32)

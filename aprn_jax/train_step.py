@@ -16,6 +16,7 @@ step on N devices equals a step on one device with the same global batch.
 """
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from aprn_jax import losses
@@ -102,3 +103,20 @@ def pmap_train_step(**static):
   """
   step = lambda state, batch, mean_face: train_step(state, batch, mean_face, **static)
   return jax.pmap(step, axis_name=AXIS, in_axes=(None, 0, None), out_axes=(None, None))
+
+
+def check_landmarks(name, array, num_landmarks):
+  """Host-side check of a landmark array (a batch's or the mean face) before it reaches D.
+
+  Raises ValueError naming the array when its point count is not M = num_landmarks or it
+  holds NaN/inf (a NaN landmark would silently turn D's loss and gradients into NaN).
+  """
+  array = np.asarray(array)
+  if array.ndim < 2 or array.shape[-2:] != (num_landmarks, 2):
+    raise ValueError(f"{name} has shape {array.shape}; expected (..., {num_landmarks}, 2) "
+                     f"for the discriminator's M = {num_landmarks} landmarks")
+  bad = ~np.isfinite(array)
+  if bad.any():
+    raise ValueError(f"{name} holds {int(bad.sum())} non-finite values (NaN or inf), first at "
+                     f"index {tuple(int(i) for i in np.argwhere(bad)[0])}")
+  return array
