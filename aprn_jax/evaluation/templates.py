@@ -24,8 +24,9 @@ def _group_sums(values, group_index, num_groups):
 def pool_templates(embeddings, template_ids, media_ids):
   """(template ids, sorted and unique; their L2-normalised features (T, D) float32)."""
   embeddings = np.asarray(embeddings, np.float64)
-  if embeddings.ndim != 2 or not np.all(np.isfinite(embeddings)):
-    raise ValueError(f"embeddings: expected a finite (N, D) array, got {embeddings.shape}")
+  if embeddings.ndim != 2 or not len(embeddings) or not np.all(np.isfinite(embeddings)):
+    raise ValueError(
+        f"embeddings: expected a finite, non-empty (N, D) array, got {embeddings.shape}")
   template_ids, media_ids = np.asarray(template_ids), np.asarray(media_ids)
   for name, ids in (("template_ids", template_ids), ("media_ids", media_ids)):
     if ids.shape != (len(embeddings),):
