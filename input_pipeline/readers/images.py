@@ -1,0 +1,166 @@
+"""File loading shared by the benchmark readers: images, landmark CSVs and protocol tables.
+
+Images: decoded with Pillow (any format it reads), converted to RGB, cut to the centred
+square (the whole image when it is square) and resized to `size` x `size` (bilinear,
+antialiased when shrinking), returned as uint8 [0, 255]. Scaling to [-1, 1] and the crop the
+model saw in training are left to `preprocess.eval_batches`, e.g. load at the stored training
+size 100 and let it centre-crop 96, so evaluation sees the training geometry.
+
+Landmark CSV (`landmarks.csv`): one line per image, `relative/path.jpg,x1,y1,...,xM,yM`, no
+header, paths relative to the CSV's folder, pixel coordinates of the image file
+(convention of `input_pipeline.landmarks`), M = 51 or 68, the same M on every line.
+
+Protocol tables: errors name the file and the 1-based line (`path:line: message`).
+"""
+import concurrent.futures
+import dataclasses
+import math
+import os
+
+import numpy as np
+from PIL import Image
+
+from input_pipeline import landmarks as landmarks_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One non-blank line of a protocol file, split into fields."""
+  path: str
+  line_number: int
+  fields: list[str]
+
+  def error(self, message):
+    return ValueError(f"{self.path}:{self.line_number}: {message}")
+
+  def integer(self, index, name):
+    try:
+      return int(self.fields[index])
+    except ValueError:
+      raise self.error(f"{name} {self.fields[index]!r} is not an integer") from None
+
+  def number(self, index, name):
+    try:
+      value = float(self.fields[index])
+    except ValueError:
+      raise self.error(f"{name} {self.fields[index]!r} is not a number") from None
+    if not math.isfinite(value):
+      raise self.error(f"{name} {self.fields[index]!r} is not finite")
+    return value
+
+
+def read_rows(path, num_fields=None, separator=None):
+  """The non-blank lines of a text file as Rows, with `num_fields` fields each if given.
+
+  `separator`: None splits on whitespace; otherwise fields are split on it and stripped.
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"protocol file not found: {path}")
+  rows = []
+  with open(path, encoding="utf-8") as lines:
+    for line_number, line in enumerate(lines, 1):
+      if not line.strip():
+        continue
+      fields = ([field.strip() for field in line.split(separator)] if separator
+                else line.split())
+      row = Row(path, line_number, fields)
+      if num_fields is not None and len(fields) != num_fields:
+        raise row.error(f"expected {num_fields} fields, got {len(fields)}: {line.strip()!r}")
+      rows.append(row)
+  return rows
+
+
+def image_path(row, folder, relative_path):
+  """`relative_path` resolved against `folder`; the row's error if no such file exists."""
+  path = os.path.normpath(os.path.join(folder, relative_path))
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{row.path}:{row.line_number}: image not found: {path}")
+  return path
+
+
+def read_landmarks_csv(path, image_paths):
+  """float32 (len(image_paths), M, 2) landmarks from a landmark CSV, NaN where unannotated.
+
+  `image_paths` are matched to the CSV's paths after both are made absolute and normalised.
+  """
+  folder = os.path.dirname(os.path.abspath(path))
+  rows = read_rows(path, separator=",")
+  if not rows:
+    raise ValueError(f"{path}: no landmarks")
+  num_numbers = len(rows[0].fields) - 1
+  if num_numbers % 2 or num_numbers // 2 not in landmarks_lib.NUM_POINTS.values():
+    raise rows[0].error(
+        f"expected a path and 2 * 51 or 2 * 68 numbers, got {num_numbers} numbers")
+  table = {}
+  for row in rows:
+    if len(row.fields) - 1 != num_numbers:
+      raise row.error(f"expected a path and {num_numbers} numbers like line "
+                      f"{rows[0].line_number}, got {len(row.fields) - 1} numbers")
+    image = os.path.normpath(os.path.join(folder, row.fields[0]))
+    if image in table:
+      raise row.error(f"second entry for {row.fields[0]}")
+    table[image] = [row.number(i, "coordinate") for i in range(1, num_numbers + 1)]
+  points = np.full((len(image_paths), num_numbers), np.nan, np.float32)
+  for i, image in enumerate(image_paths):
+    points[i] = table.get(os.path.normpath(os.path.abspath(image)), np.nan)
+  return points.reshape(len(image_paths), num_numbers // 2, 2)
+
+
+def _square_box(width, height):
+  """(left, top, side) of the centred square of a width x height image."""
+  side = min(width, height)
+  return (width - side) / 2, (height - side) / 2, side
+
+
+def _load(path, size):
+  """(uint8 (size, size, 3) array, (width, height) of the file's image)."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"image file not found: {path}")
+  try:
+    with Image.open(path) as image:
+      image = image.convert("RGB")
+  except (OSError, SyntaxError, ValueError) as error:
+    raise ValueError(f"cannot decode image file {path}: {error}") from None
+  left, top, side = _square_box(*image.size)
+  resized = image.resize((size, size), Image.Resampling.BILINEAR,
+                         box=(left, top, left + side, top + side))
+  return np.asarray(resized, np.uint8), image.size
+
+
+def _load_all(paths, size, num_threads):
+  """(uint8 (N, size, size, 3) images, [(width, height)] of the files) on threads."""
+  with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
+    loaded = list(pool.map(lambda path: _load(path, size), paths))
+  images = np.zeros((len(loaded), size, size, 3), np.uint8)
+  for i, (image, _) in enumerate(loaded):
+    images[i] = image
+  return images, [file_size for _, file_size in loaded]
+
+
+def load_image(path, size):
+  """One image file as a uint8 (size, size, 3) RGB array (see the module docstring)."""
+  return _load(path, size)[0]
+
+
+def load_images(paths, size, num_threads=8):
+  """Image files as a uint8 (N, size, size, 3) array, decoded on `num_threads` threads."""
+  return _load_all(paths, size, num_threads)[0]
+
+
+def load_images_and_landmarks(paths, points, size, num_threads=8):
+  """Images as `load_images`, with their (N, M, 2) pixel landmarks moved to the loaded grid.
+
+  The landmarks follow the centred-square crop and the resize: p -> (p - corner) * size /
+  side. NaN landmarks stay NaN.
+  """
+  points = np.asarray(points, np.float32)
+  if points.ndim != 3 or points.shape[0] != len(paths) or points.shape[2] != 2:
+    raise ValueError(f"points must have shape ({len(paths)}, M, 2), got {points.shape}")
+  images, file_sizes = _load_all(paths, size, num_threads)
+  moved = np.empty_like(points)
+  for i, (width, height) in enumerate(file_sizes):
+    left, top, side = _square_box(width, height)
+    moved[i] = (points[i] - np.float32([left, top])) * np.float32(size / side)
+  return images, moved
