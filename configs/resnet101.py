@@ -1,0 +1,23 @@
+"""ResNet-101 + Softmax on MS-Celeb-1M, the paper's setting (Table 1, 9; section 1 of the docs).
+
+    python main.py --config=configs/resnet101.py --workdir=/ckpt/r101 \
+        --config.data.name=insightface_rec --config.data.data_dir=/data/tfds
+
+Aligned 230x230 faces, random 224x224 crops, 20 epochs at LR 0.01 decayed 10x at epochs 16,
+18, 19 (baseline); APRN then fine-tunes from the baseline at a 10x smaller LR with alpha 0.2
+and D on stage4. 256-d embedding. bfloat16 activations (float32 parameters and losses).
+"""
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.data.update(builder_config="large", image_size=224, crop_size=224)
+  config.model.update(backbone="resnet", depth=101, stage_sizes=(), width=64,
+                      embedding_dim=256, head="softmax", dtype="bfloat16")
+  config.aprn.update(tap="stage4", alpha=0.2)
+  config.optim.update(lr=0.01, lr_decay_epochs=(16, 18, 19))
+  config.train.update(batch_size=256, baseline_epochs=20, aprn_epochs=20,
+                      log_every_steps=100, checkpoint_every_steps=5000, keep_checkpoints=3)
+  config.eval.update(batch_size=256)
+  return config
