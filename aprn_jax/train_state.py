@@ -41,9 +41,15 @@ def make_optimizer(optim_cfg, steps_per_epoch, update_period=1):
 
 
 def init_variables(recognizer, discriminator, rng, image_size, tap):
-  """Initial variables of R and D (D is initialised on the shape of R's tap)."""
-  return jax.jit(functools.partial(_init_variables, recognizer, discriminator,
-                                   image_size=image_size, tap=tap))(rng)
+  """Initial variables of R and D (D is initialised on the shape of R's tap).
+
+  Compiled without XLA's backend optimisations: initialisation runs once, and optimising its
+  many random-number kernels takes several times longer than running them unoptimised.
+  """
+  init = jax.jit(functools.partial(_init_variables, recognizer, discriminator,
+                                   image_size=image_size, tap=tap))
+  return init.lower(rng).compile(
+      compiler_options={"xla_backend_optimization_level": 0})(rng)
 
 
 def _init_variables(recognizer, discriminator, rng, *, image_size, tap):

@@ -1,0 +1,86 @@
+"""What main.py runs: the workdir's config guard, training phases, evaluation and the table."""
+import json
+import os
+
+import jax
+
+from aprn_jax import data as data_lib
+from aprn_jax import checkpoints, evaluate, trainer
+
+
+def _write_json(path, value):
+  """Writes via a temporary file and a rename, so a reader never sees half a file."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(value, f, indent=1, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def _flatten(tree, prefix=""):
+  if not isinstance(tree, dict):
+    return {prefix[:-1]: tree}
+  out = {}
+  for key, value in tree.items():
+    out.update(_flatten(value, f"{prefix}{key}."))
+  return out
+
+
+def guard_workdir(config, workdir):
+  """Refuses a workdir that holds a run of another config (its checkpoints stay untouched).
+
+  Only `config.eval` may differ: it changes what is measured, not what is trained.
+  """
+  path = os.path.join(workdir, "config.json")
+  current = json.loads(config.to_json())
+  if os.path.exists(path):
+    with open(path) as f:
+      try:
+        saved = json.load(f)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not readable JSON ({e}); move it away to start over") from e
+    flat_saved, flat_current = _flatten(saved), _flatten(current)
+    differ = sorted(k for k in set(flat_saved) | set(flat_current)
+                    if not k.startswith("eval.") and flat_saved.get(k) != flat_current.get(k))
+    if differ:
+      raise ValueError(
+          f"workdir {workdir} holds a run of another config (differs in: {', '.join(differ)}); "
+          f"use a new --workdir, or the saved config ({path}) to resume that run")
+  elif jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    _write_json(path, current)
+
+
+def _evaluate_phases(config, data, phases_and_variables, out_name, workdir):
+  results = {}
+  for name, (recognizer, variables) in phases_and_variables.items():
+    print(f"[{name}] evaluating {', '.join(config.eval.benchmarks)}", flush=True)
+    results[name] = evaluate.evaluate(config, data, recognizer, variables)
+  print(evaluate.table(results), flush=True)
+  if jax.process_index() == 0:
+    _write_json(os.path.join(workdir, out_name), results)
+  return results
+
+
+def main(config, workdir, mode, step=None):
+  if mode == "train":
+    trainer.check_train_config(config)  # before the data set is built
+  guard_workdir(config, workdir)
+  data = data_lib.load(config, workdir)
+  if mode == "train":
+    phases = trainer.train(config, data, workdir)
+    finished = {name: (phase.recognizer, phase.final_recognizer())
+                for name, phase in phases.items()}
+    return _evaluate_phases(config, data, finished, "results.json", workdir)
+  finished = {}
+  for name in trainer.PHASES:
+    phase = trainer.Phase(config, data, workdir, name)
+    ckpt_dir = os.path.join(phase.dir, "checkpoints")
+    if os.path.isdir(ckpt_dir):
+      variables, restored = checkpoints.restore_recognizer(
+          ckpt_dir, phase.initial_state().recognizer, step)
+      print(f"[{name}] restored the recognizer of step {restored}", flush=True)
+      finished[name] = (phase.recognizer, variables)
+  if not finished:
+    raise FileNotFoundError(f"no phase checkpoints under {workdir} (expected "
+                            f"{', '.join(trainer.PHASES)} folders with checkpoints/)")
+  return _evaluate_phases(config, data, finished, "eval.json", workdir)

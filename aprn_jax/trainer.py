@@ -1,0 +1,210 @@
+"""Training phases: the baseline, then APRN fine-tuned from it (the paper's recipe).
+
+Each phase lives in its own folder of the workdir (`baseline/`, `aprn/`) with its orbax
+checkpoints, `metrics.jsonl`, TensorBoard events and, once finished, `done.json`. A finished
+phase is not run again; an unfinished one resumes from its last checkpoint and, because every
+batch is a pure function of (seed, step) and the RNG is in the checkpoint, ends with exactly
+the parameters of an uninterrupted run. APRN starts from the baseline's final recognizer with
+the learning rate scaled by `config.train.aprn_lr_scale` and a fresh discriminator.
+"""
+import json
+import math
+import os
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+
+from aprn_jax import checkpoints, models, train_state, train_step
+from input_pipeline import preprocess
+
+PHASES = ("baseline", "aprn")
+
+
+# TensorBoard's scalar plugin tag, written with core TF (the tensorboard package is only
+# needed to view the events, not to write them).
+_SCALAR = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+
+
+class NonFiniteLossError(RuntimeError):
+  pass
+
+
+def check_train_config(config):
+  """Errors that name the config field, before any work is done."""
+  train = config.train
+  for phase in train.phases:
+    if phase not in PHASES:
+      raise ValueError(f"config.train.phases holds {phase!r}; allowed: {PHASES}")
+  for name in ("batch_size", "log_every_steps", "checkpoint_every_steps"):
+    if train[name] <= 0:
+      raise ValueError(f"config.train.{name}={train[name]} must be positive")
+  if train.checkpoint_every_steps % train.log_every_steps:
+    raise ValueError(
+        f"config.train.checkpoint_every_steps={train.checkpoint_every_steps} must be a multiple "
+        f"of config.train.log_every_steps={train.log_every_steps} (so a resumed run logs the "
+        f"same metric windows)")
+  devices = jax.device_count()
+  if train.batch_size % devices:
+    raise ValueError(f"config.train.batch_size={train.batch_size} is not divisible by the "
+                     f"{devices} devices")
+
+
+def phase_optim(config, phase):
+  optim = ml_collections.ConfigDict(config.optim.to_dict())
+  if phase == "aprn":
+    optim.lr *= config.train.aprn_lr_scale
+  return optim
+
+
+def phase_steps(config, phase, num_examples):
+  steps_per_epoch = num_examples // config.train.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"config.train.batch_size={config.train.batch_size} is larger than the "
+                     f"{num_examples} training examples")
+  epochs = config.train[f"{phase}_epochs"]
+  return steps_per_epoch, int(round(epochs * steps_per_epoch))
+
+
+class Phase:
+  """Everything one phase needs: models, optimizers, the pmapped step and its checkpoints."""
+
+  def __init__(self, config, data, workdir, phase):
+    self.config, self.data, self.name = config, data, phase
+    self.dir = os.path.join(workdir, phase)
+    self.recognizer, self.discriminator = models.make_models(
+        config, num_classes=data.num_classes, num_landmarks=data.num_landmarks,
+        axis_name=train_step.AXIS)
+    self.steps_per_epoch, self.num_steps = phase_steps(config, phase, data.num_examples)
+    optim = phase_optim(config, phase)
+    d_optim = ml_collections.ConfigDict(optim.to_dict())
+    d_optim.lr *= config.aprn.d_lr_scale
+    self.r_schedule = train_state.lr_schedule(optim, self.steps_per_epoch)
+    self.d_schedule = train_state.lr_schedule(d_optim, self.steps_per_epoch, config.aprn.d_period)
+    self.r_tx = train_state.make_optimizer(optim, self.steps_per_epoch)
+    self.d_tx = train_state.make_optimizer(d_optim, self.steps_per_epoch, config.aprn.d_period)
+    self.step_fn = train_step.pmap_train_step(
+        recognizer=self.recognizer, discriminator=self.discriminator, r_tx=self.r_tx,
+        d_tx=self.d_tx, tap=config.aprn.tap, variant=config.aprn.loss, alpha=config.aprn.alpha,
+        d_period=config.aprn.d_period, adv_period=config.aprn.adv_period,
+        with_pose=(phase == "aprn"))
+
+  @property
+  def done_path(self):
+    return os.path.join(self.dir, "done.json")
+
+  def is_done(self):
+    return os.path.exists(self.done_path)
+
+  def initial_state(self, init_recognizer=None):
+    rng = jax.random.key(self.config.seed + PHASES.index(self.name))
+    state = train_state.create(self.recognizer, self.discriminator, self.r_tx, self.d_tx, rng,
+                               self.config.data.image_size, self.config.aprn.tap)
+    if init_recognizer is not None:
+      state = state.replace(recognizer=init_recognizer,
+                            recognizer_opt=self.r_tx.init(init_recognizer["params"]))
+    return state
+
+  def checkpoint_manager(self):
+    return checkpoints.manager(os.path.join(self.dir, "checkpoints"),
+                               keep=self.config.train.keep_checkpoints)
+
+  def final_recognizer(self):
+    """The recognizer variables of this phase's last checkpoint."""
+    target = self.initial_state().recognizer
+    variables, _ = checkpoints.restore_recognizer(os.path.join(self.dir, "checkpoints"), target)
+    return variables
+
+
+def _log_line(phase, step, total, metrics, images_per_s, lrs, started, first_step):
+  elapsed = time.time() - started
+  done = step - first_step
+  eta = elapsed / max(done, 1) * (total - step)
+  parts = [f"[{phase}] step {step}/{total}", f"{images_per_s:.0f} img/s"]
+  parts += [f"{k} {v:.4f}" for k, v in metrics.items()]
+  parts += [f"lr {lrs[0]:.2g}/{lrs[1]:.2g}", f"ETA {eta / 60:.1f} min"]
+  print("  ".join(parts), flush=True)
+
+
+def train_phase(phase: Phase, init_recognizer=None):
+  """Runs (or resumes) one phase to its last step; returns its final metrics."""
+  config, data = phase.config, phase.data
+  lead = jax.process_index() == 0
+  mngr = phase.checkpoint_manager()
+  state = phase.initial_state(init_recognizer)
+  if mngr.latest_step() is not None:
+    state = checkpoints.restore(mngr, state)
+    print(f"[{phase.name}] resumed from step {int(state.step)}", flush=True)
+  first_step = int(state.step)
+
+  batches = preprocess.train_batches(
+      data.dataset_fn, num_examples=data.num_examples,
+      global_batch_size=config.train.batch_size, crop_size=config.data.crop_size,
+      image_size=config.data.image_size, seed=config.seed + 1000 * PHASES.index(phase.name),
+      start_step=first_step, num_landmarks=data.num_landmarks)
+  writer = tf.summary.create_file_writer(os.path.join(phase.dir, "tensorboard")) if lead else None
+  metrics_path = os.path.join(phase.dir, "metrics.jsonl")
+  window, window_start, started = [], time.time(), time.time()
+  last = {}
+  for step in range(first_step, phase.num_steps):
+    batch = next(batches)
+    train_step.check_landmarks("batch['landmarks']", batch["landmarks"], data.num_landmarks)
+    batch = {k: batch[k] for k in ("image", "label", "landmarks")}
+    state, metrics = phase.step_fn(state, batch, data.mean_face)
+    window.append(metrics)
+    step_done = step + 1
+    at_checkpoint = step_done % config.train.checkpoint_every_steps == 0
+    if step_done % config.train.log_every_steps == 0 or step_done == phase.num_steps:
+      last = {k: float(np.mean([m[k] for m in jax.device_get(window)])) for k in window[0]}
+      if not all(math.isfinite(v) for v in last.values()):
+        raise NonFiniteLossError(
+            f"[{phase.name}] non-finite loss at step {step_done}: {last}. Training stopped; "
+            f"the last good checkpoint (step {mngr.latest_step()}) in {phase.dir} is kept. "
+            f"Lower config.optim.lr or check the data.")
+      lrs = (float(phase.r_schedule(step)), float(phase.d_schedule(step // config.aprn.d_period)))
+      images_per_s = len(window) * config.train.batch_size / (time.time() - window_start)
+      if lead:
+        record = dict(step=step_done, **last, lr=lrs[0], d_lr=lrs[1], images_per_s=images_per_s)
+        with open(metrics_path, "a") as f:
+          f.write(json.dumps(record) + "\n")
+        with writer.as_default(step=step_done):
+          for k, v in record.items():
+            if k != "step":
+              tf.summary.write(k, tf.constant(v, tf.float32), metadata=_SCALAR)
+        _log_line(phase.name, step_done, phase.num_steps, last, images_per_s, lrs, started,
+                  first_step)
+      window, window_start = [], time.time()
+    if at_checkpoint or step_done == phase.num_steps:
+      checkpoints.save(mngr, state)
+  if writer:
+    writer.flush()
+  if int(state.step) != phase.num_steps:  # resumed at the end: checkpoint exists already
+    raise RuntimeError(f"[{phase.name}] ended at step {int(state.step)} of {phase.num_steps}")
+  if lead:
+    with open(phase.done_path, "w") as f:
+      json.dump(dict(step=phase.num_steps, metrics=last), f)
+  mngr.close()
+  return state
+
+
+def train(config, data, workdir):
+  """Runs the configured phases in order; returns {phase: Phase} of the finished ones."""
+  check_train_config(config)
+  finished = {}
+  for name in config.train.phases:
+    phase = Phase(config, data, workdir, name)
+    init_recognizer = None
+    baseline = finished.get("baseline") or Phase(config, data, workdir, "baseline")
+    if name == "aprn" and baseline.is_done():
+      init_recognizer = baseline.final_recognizer()
+    if phase.is_done():
+      print(f"[{name}] already finished in {phase.dir}; not run again", flush=True)
+    else:
+      train_phase(phase, init_recognizer)
+    finished[name] = phase
+  return finished
