@@ -51,6 +51,8 @@ def guard_workdir(config, workdir):
 
 
 def _evaluate_phases(config, data, phases_and_variables, out_name, workdir):
+  if not config.eval.benchmarks:
+    return {}
   results = {}
   for name, (recognizer, variables) in phases_and_variables.items():
     print(f"[{name}] evaluating {', '.join(config.eval.benchmarks)}", flush=True)

@@ -48,22 +48,22 @@ def get_config():
   # Optimizers: R (backbone + head) and D each get SGD with this schedule (D's LR scaled by
   # config.aprn.d_lr_scale and counted in D's own updates).
   config.optim = dict(name="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, lr_decay=0.1,
-                      lr_decay_epochs=(6, 8))
+                      lr_decay_epochs=(5, 7))
 
   config.train = dict(
       phases=("baseline", "aprn"),  # either alone, or both in order
-      batch_size=64,                # global, over all devices and hosts
-      baseline_epochs=9,
-      aprn_epochs=3,
+      batch_size=128,               # global, over all devices and hosts
+      baseline_epochs=8,
+      aprn_epochs=2,
       aprn_lr_scale=0.1,            # APRN fine-tunes the baseline at a 10x smaller LR
-      log_every_steps=20,
-      checkpoint_every_steps=200,
+      log_every_steps=10,
+      checkpoint_every_steps=100,
       keep_checkpoints=2,
   )
 
   config.eval = dict(
       benchmarks=("cfp_ff", "cfp_fp", "multipie"),
-      batch_size=64,
+      batch_size=128,
       flip=True,
   )
   return config

@@ -1,0 +1,145 @@
+"""main.py end to end on the tiny synthetic data set: train both phases, skip finished phases,
+evaluate from the checkpoints alone, survive SIGKILL mid-phase, and refuse bad workdirs.
+
+The uninterrupted run happens in this process (the module fixture); the killed and resumed
+runs are real `python main.py` subprocesses with the same config, so they must end with exactly
+the same parameters.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from aprn_jax import checkpoints, run, trainer
+from configs import tiny
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config():
+  return tiny.get_config()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  root = tmp_path_factory.mktemp("e2e")
+  config = tiny_config()
+  config.data.data_dir = str(root / "data")
+  workdir = str(root / "uninterrupted")
+  results = run.main(config, workdir, "train")
+  return config, root, workdir, results
+
+
+def main_command(config, workdir, *extra):
+  return [sys.executable, os.path.join(REPO, "main.py"), "--config=configs/tiny.py",
+          f"--workdir={workdir}", f"--config.data.data_dir={config.data.data_dir}", *extra]
+
+
+def final_state(config, workdir, phase_name):
+  data = run.data_lib.load(config, workdir)
+  phase = trainer.Phase(config, data, workdir, phase_name)
+  mngr = checkpoints.manager(os.path.join(phase.dir, "checkpoints"), read_only=True)
+  return jax.device_get(checkpoints.restore(mngr, phase.initial_state())), mngr.latest_step()
+
+
+def metric_lines(workdir, phase):
+  with open(os.path.join(workdir, phase, "metrics.jsonl")) as f:
+    lines = [json.loads(line) for line in f]
+  for line in lines:
+    line.pop("images_per_s")
+  return lines
+
+
+def test_train_writes_results_table_and_phase_outputs(trained):
+  config, _, workdir, results = trained
+  assert set(results) == {"baseline", "aprn"}
+  for phase in ("baseline", "aprn"):
+    assert os.path.exists(os.path.join(workdir, phase, "done.json"))
+    assert os.listdir(os.path.join(workdir, phase, "tensorboard"))
+    for bench in ("cfp_ff", "cfp_fp"):
+      assert 0.0 <= results[phase][bench]["accuracy"] <= 1.0
+    assert results[phase]["multipie"]["rank1_by_yaw"]
+  with open(os.path.join(workdir, "results.json")) as f:
+    assert json.load(f) == json.loads(json.dumps(results))
+  aprn_lines = metric_lines(workdir, "aprn")
+  assert {"d_l1", "adversarial_l1", "identity_loss", "lr", "d_lr"} <= set(aprn_lines[-1])
+
+
+def test_rerun_skips_finished_phases_and_eval_reproduces_training(trained, capfd):
+  config, _, workdir, results = trained
+  again = run.main(config, workdir, "train")
+  assert "already finished" in capfd.readouterr().out
+  assert again == results
+  evaluated = run.main(config, workdir, "eval")
+  assert evaluated == results
+  assert os.path.exists(os.path.join(workdir, "eval.json"))
+
+
+def test_sigkill_mid_phase_then_resume_matches_uninterrupted(trained):
+  config, root, workdir, _ = trained
+  killed = str(root / "killed")
+  env = dict(os.environ)
+  # The baseline phase only, no evaluation: the APRN phase resumes through the same code.
+  baseline_only = ("--config.train.phases=('baseline',)", "--config.eval.benchmarks=()")
+  proc = subprocess.Popen(main_command(config, killed, *baseline_only), cwd=REPO, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckpt_dir = os.path.join(killed, "baseline", "checkpoints")
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.isdir(ckpt_dir) and any(name.isdigit() for name in os.listdir(ckpt_dir)):
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, "the run ended before it could be killed mid-phase"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not os.path.exists(os.path.join(killed, "baseline", "done.json"))
+
+  subprocess.run(main_command(config, killed, *baseline_only), cwd=REPO, env=env, check=True,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  expected, expected_step = final_state(config, workdir, "baseline")
+  resumed, resumed_step = final_state(config, killed, "baseline")
+  assert resumed_step == expected_step
+  jax.tree.map(np.testing.assert_array_equal, resumed, expected)
+  assert metric_lines(killed, "baseline") == metric_lines(workdir, "baseline")
+
+
+def test_eval_on_one_device_restores_a_four_device_checkpoint(trained):
+  config, _, workdir, results = trained
+  env = dict(os.environ, XLA_FLAGS=os.environ["XLA_FLAGS"].replace(
+      "device_count=4", "device_count=1"))
+  out = subprocess.run(main_command(config, workdir, "--mode=eval",
+                                    "--config.eval.benchmarks=('cfp_fp',)"),
+                       cwd=REPO, env=env, check=True, capture_output=True, text=True)
+  assert "restored the recognizer" in out.stdout
+  with open(os.path.join(workdir, "eval.json")) as f:
+    evaluated = json.load(f)
+  for phase in results:
+    assert evaluated[phase]["cfp_fp"]["accuracy"] == pytest.approx(
+        results[phase]["cfp_fp"]["accuracy"], abs=0.01)
+
+
+def test_other_config_in_workdir_and_bad_fields_are_refused(trained, tmp_path):
+  config, _, workdir, _ = trained
+  other = tiny_config()
+  other.data.data_dir = config.data.data_dir
+  other.aprn.alpha = 0.3
+  before = sorted(os.listdir(os.path.join(workdir, "baseline", "checkpoints")))
+  with pytest.raises(ValueError, match=r"another config.*aprn\.alpha"):
+    run.main(other, workdir, "train")
+  assert sorted(os.listdir(os.path.join(workdir, "baseline", "checkpoints"))) == before
+
+  bad = tiny_config()
+  bad.data.data_dir = config.data.data_dir
+  bad.train.phases = ("baseline", "finetune")
+  with pytest.raises(ValueError, match=r"config\.train\.phases.*finetune"):
+    run.main(bad, str(tmp_path / "bad"), "train")
+  empty = tiny_config()
+  empty.data.data_dir = config.data.data_dir
+  with pytest.raises(FileNotFoundError, match="no phase checkpoints"):
+    run.main(empty, str(tmp_path / "empty"), "eval")
