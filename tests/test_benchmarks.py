@@ -1,0 +1,100 @@
+"""The benchmark scripts run on a tiny config and print the fields others read.
+
+No timing is checked: only that each script runs from the command line, prints one JSON
+object (and appends the same line to --out), and that its FLOP and parameter counts agree
+with counts made by hand from the tiny discriminator's layers.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Default config shrunk: 64x64 input, width 4, so stage4 (D's tap) is 2x2x128.
+TINY = ["--config=configs/default.py", "--config.data.image_size=64", "--config.model.width=4",
+        "--config.model.embedding_dim=16", "--num_classes=10", "--steps=1", "--warmup=0"]
+TAP_SIZE, TAP_CHANNELS, POINTS, EMBEDDING, CLASSES = 2, 128, 51, 16, 10
+BATCH, DEVICES = 32, 2
+
+
+def valid_taps(size, kernel=3, pad=1):
+  """Kernel positions that fall on the input, summed over the outputs of one axis."""
+  return sum(1 for out in range(size) for k in range(kernel) if 0 <= out - pad + k < size)
+
+
+# D on the tap: Conv3x3 128->128 (no bias) + BN, max-pool 2x2 -> 1x1, dense 128 -> 2M.
+D_PARAMS = 3 * 3 * TAP_CHANNELS**2 + 2 * TAP_CHANNELS + TAP_CHANNELS * 2 * POINTS + 2 * POINTS
+# Multiply-adds of D's conv (padding excluded, as XLA counts) and dense layer, per image.
+D_FORWARD_MACS = valid_taps(TAP_SIZE)**2 * TAP_CHANNELS**2 + TAP_CHANNELS * 2 * POINTS
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+  """Both scripts' JSON records, from one command-line run each (run side by side)."""
+  folder = tmp_path_factory.mktemp("benchmarks")
+  args = {"train_step": [f"--batch_size={BATCH}", f"--devices={DEVICES}"],
+          "inference": ["--batch_size=4"]}
+  procs = {name: subprocess.Popen(
+      [sys.executable, f"benchmarks/{name}.py", *TINY, *extra, f"--out={folder / name}.jsonl"],
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for name, extra in args.items()}
+  records = {}
+  for name, proc in procs.items():
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    records[name] = json.loads(stdout.strip().splitlines()[-1])
+    lines = (folder / f"{name}.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0]) == records[name]
+  return records
+
+
+def test_train_step_reports_both_steps_and_d_runs_once(records):
+  record = records["train_step"]
+  assert (record["num_devices"], record["global_batch"], record["per_device_batch"]) == (
+      DEVICES, BATCH, BATCH // DEVICES)
+  for kind in ("baseline", "aprn"):
+    entry = record[kind]
+    for field in ("compile_s", "step_s", "images_per_s", "flops_per_step",
+                  "xla_memory_mib_per_device", "peak_memory_mib", "mfu"):
+      assert field in entry, (kind, field)
+    assert entry["images_per_s"] == pytest.approx(BATCH / entry["step_s"])
+  assert record["aprn"]["mfu"] is None  # CPU: no peak to compare with
+  assert record["discriminator_params"] == D_PARAMS
+
+  # XLA counts D's conv and dense FLOPs plus a little elementwise work (BN, ReLU, pool, L1).
+  d_forward = record["discriminator"]["forward_flops"]
+  assert 2 * BATCH * D_FORWARD_MACS <= d_forward <= 1.1 * 2 * BATCH * D_FORWARD_MACS
+  base, aprn = record["baseline"]["flops_per_step"], record["aprn"]["flops_per_step"]
+  assert record["aprn_extra_flops"] == aprn - base
+  assert record["flops_ratio"] == pytest.approx(aprn / base)
+  # The APRN step adds D's own update (forward, backward to its parameters and to the tap,
+  # optimizer) and little else: the pmean and d_period select of D's parameters, a second
+  # pull-back through D's dense layer. A second forward of D would add about 0.3 more.
+  assert 1.0 <= record["extra_over_d_update"] < 1.2
+  assert 2.5 < record["extra_over_d_forward"] < 3.6
+  assert record["aprn_over_baseline_time"] == pytest.approx(
+      record["aprn"]["step_s"] / record["baseline"]["step_s"])
+  for field in ("time_ratio_over_flops_ratio", "aprn_over_baseline_plus_d_time"):
+    assert record[field] > 0
+
+
+def test_inference_exports_match_and_drop_head_and_discriminator(records):
+  record = records["inference"]
+  aprn, base = record["aprn"], record["baseline"]
+  assert record["identical"] and record["exports_are_backbone_alone"]
+  assert aprn["exported_params"] == base["exported_params"]
+  assert aprn["flops_per_image"] == base["flops_per_image"] > 0
+  assert base["trained_params"] - base["exported_params"] == EMBEDDING * CLASSES + CLASSES
+  assert aprn["trained_params"] - base["trained_params"] == D_PARAMS
+  for field in ("compile_s", "call_s", "images_per_s", "mfu"):
+    assert field in aprn and field in base
+
+
+def test_train_step_rejects_a_batch_the_devices_cannot_split():
+  proc = subprocess.run([sys.executable, "benchmarks/train_step.py", *TINY, "--batch_size=3",
+                         "--devices=2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  assert "--batch_size=3 is not a positive multiple of the 2 devices" in proc.stderr
