@@ -105,6 +105,16 @@ def pmap_train_step(**static):
   return jax.pmap(step, axis_name=AXIS, in_axes=(None, 0, None), out_axes=(None, None))
 
 
+def replicate(state):
+  """Places `state` the way the pmapped step returns it (replicated on the local devices).
+
+  A state made by jit or restored from a checkpoint sits on one device; passing it as is
+  would make the step's second call compile a second program for the replicated output.
+  """
+  mesh = jax.sharding.Mesh(np.array(jax.local_devices()), (AXIS,))
+  return jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+
 def check_landmarks(name, array, num_landmarks):
   """Host-side check of a landmark array (a batch's or the mean face) before it reaches D.
 

@@ -140,6 +140,7 @@ def train_phase(phase: Phase, init_recognizer=None):
   if mngr.latest_step() is not None:
     state = checkpoints.restore(mngr, state)
     print(f"[{phase.name}] resumed from step {int(state.step)}", flush=True)
+  state = train_step.replicate(state)
   first_step = int(state.step)
 
   batches = preprocess.train_batches(
