@@ -111,14 +111,20 @@ class Phase:
     return state
 
   def checkpoint_manager(self):
-    return checkpoints.manager(os.path.join(self.dir, "checkpoints"),
-                               keep=self.config.train.keep_checkpoints)
+    return checkpoints.manager(self.checkpoint_dir(), keep=self.config.train.keep_checkpoints)
+
+  def checkpoint_dir(self):
+    return os.path.join(self.dir, "checkpoints")
+
+  def saved_recognizer(self, step=None):
+    """(R's variables, step) of this phase's checkpoint at `step` (default: the last)."""
+    target, _ = train_state.variable_shapes(self.recognizer, self.discriminator,
+                                            self.config.data.image_size, self.config.aprn.tap)
+    return checkpoints.restore_recognizer(self.checkpoint_dir(), target, step)
 
   def final_recognizer(self):
     """The recognizer variables of this phase's last checkpoint."""
-    target = self.initial_state().recognizer
-    variables, _ = checkpoints.restore_recognizer(os.path.join(self.dir, "checkpoints"), target)
-    return variables
+    return self.saved_recognizer()[0]
 
 
 def _log_line(phase, step, total, metrics, images_per_s, lrs, started, first_step):
@@ -129,6 +135,16 @@ def _log_line(phase, step, total, metrics, images_per_s, lrs, started, first_ste
   parts += [f"{k} {v:.4f}" for k, v in metrics.items()]
   parts += [f"lr {lrs[0]:.2g}/{lrs[1]:.2g}", f"ETA {eta / 60:.1f} min"]
   print("  ".join(parts), flush=True)
+
+
+def _drop_metrics_after(path, step):
+  """Keeps the metric lines up to `step`: those logged after the last checkpoint by a killed
+  run are logged again by the resumed one."""
+  with open(path) as f:
+    kept = [line for line in f if json.loads(line)["step"] <= step]
+  with open(path + ".tmp", "w") as f:
+    f.writelines(kept)
+  os.replace(path + ".tmp", path)
 
 
 def train_phase(phase: Phase, init_recognizer=None):
@@ -150,6 +166,8 @@ def train_phase(phase: Phase, init_recognizer=None):
       start_step=first_step, num_landmarks=data.num_landmarks)
   writer = tf.summary.create_file_writer(os.path.join(phase.dir, "tensorboard")) if lead else None
   metrics_path = os.path.join(phase.dir, "metrics.jsonl")
+  if lead and os.path.exists(metrics_path):
+    _drop_metrics_after(metrics_path, first_step)
   window, window_start, started = [], time.time(), time.time()
   last = {}
   for step in range(first_step, phase.num_steps):
