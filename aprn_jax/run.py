@@ -5,7 +5,7 @@ import os
 import jax
 
 from aprn_jax import data as data_lib
-from aprn_jax import checkpoints, evaluate, trainer
+from aprn_jax import evaluate, trainer
 
 
 def _write_json(path, value):
@@ -76,10 +76,8 @@ def main(config, workdir, mode, step=None):
   finished = {}
   for name in trainer.PHASES:
     phase = trainer.Phase(config, data, workdir, name)
-    ckpt_dir = os.path.join(phase.dir, "checkpoints")
-    if os.path.isdir(ckpt_dir):
-      variables, restored = checkpoints.restore_recognizer(
-          ckpt_dir, phase.initial_state().recognizer, step)
+    if os.path.isdir(phase.checkpoint_dir()):
+      variables, restored = phase.saved_recognizer(step)
       print(f"[{name}] restored the recognizer of step {restored}", flush=True)
       finished[name] = (phase.recognizer, variables)
   if not finished:

@@ -52,6 +52,12 @@ def init_variables(recognizer, discriminator, rng, image_size, tap):
       compiler_options={"xla_backend_optimization_level": 0})(rng)
 
 
+def variable_shapes(recognizer, discriminator, image_size, tap):
+  """Shapes and dtypes of R's and D's variables, without computing them (restore targets)."""
+  return jax.eval_shape(functools.partial(_init_variables, recognizer, discriminator,
+                                          image_size=image_size, tap=tap), jax.random.key(0))
+
+
 def _init_variables(recognizer, discriminator, rng, *, image_size, tap):
   r_rng, d_rng = jax.random.split(rng)
   images = jnp.zeros((2, image_size, image_size, 3), jnp.float32)
