@@ -1,10 +1,11 @@
 """File loading shared by the benchmark readers: images, landmark CSVs and protocol tables.
 
-Images: decoded with Pillow (any format it reads), converted to RGB, cut to the centred
-square (the whole image when it is square) and resized to `size` x `size` (bilinear,
-antialiased when shrinking), returned as uint8 [0, 255]. Scaling to [-1, 1] and the crop the
-model saw in training are left to `preprocess.eval_batches`, e.g. load at the stored training
-size 100 and let it centre-crop 96, so evaluation sees the training geometry.
+Images (files, or encoded bytes via `decode_image`): decoded with Pillow (any format it
+reads), converted to RGB, cut to the centred square (the whole image when it is square) and
+resized to `size` x `size` (bilinear, antialiased when shrinking), returned as uint8
+[0, 255]. Scaling to [-1, 1] and the crop the model saw in training are left to
+`preprocess.eval_batches`, e.g. load at the stored training size 100 and let it centre-crop
+96, so evaluation sees the training geometry.
 
 Landmark CSV (`landmarks.csv`): one line per image, `relative/path.jpg,x1,y1,...,xM,yM`, no
 header, paths relative to the CSV's folder, pixel coordinates of the image file
@@ -14,6 +15,7 @@ Protocol tables: errors name the file and the 1-based line (`path:line: message`
 """
 import concurrent.futures
 import dataclasses
+import io
 import math
 import os
 
@@ -113,20 +115,28 @@ def _square_box(width, height):
   return (width - side) / 2, (height - side) / 2, side
 
 
+def _decode(source, size, name):
+  """(uint8 (size, size, 3) array, (width, height)) of an image file or file object.
+
+  `name` says what the image is in the error raised when it does not decode.
+  """
+  try:
+    with Image.open(source) as image:
+      image = image.convert("RGB")
+  except (OSError, SyntaxError, ValueError) as error:
+    raise ValueError(f"cannot decode {name}: {error}") from None
+  left, top, side = _square_box(*image.size)
+  resized = image.resize((size, size), Image.Resampling.BILINEAR,
+                         box=(left, top, left + side, top + side))
+  return np.asarray(resized, np.uint8), image.size
+
+
 def _load(path, size):
   """(uint8 (size, size, 3) array, (width, height) of the file's image)."""
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"image file not found: {path}")
-  try:
-    with Image.open(path) as image:
-      image = image.convert("RGB")
-  except (OSError, SyntaxError, ValueError) as error:
-    raise ValueError(f"cannot decode image file {path}: {error}") from None
-  left, top, side = _square_box(*image.size)
-  resized = image.resize((size, size), Image.Resampling.BILINEAR,
-                         box=(left, top, left + side, top + side))
-  return np.asarray(resized, np.uint8), image.size
+  return _decode(path, size, f"image file {path}")
 
 
 def _load_all(paths, size, num_threads):
@@ -142,6 +152,14 @@ def _load_all(paths, size, num_threads):
 def load_image(path, size):
   """One image file as a uint8 (size, size, 3) RGB array (see the module docstring)."""
   return _load(path, size)[0]
+
+
+def decode_image(data, size, name="image bytes"):
+  """Encoded image bytes (JPEG, PNG, ...) as `load_image` returns a file's image.
+
+  `name` (e.g. `image 7 of lfw.bin`) goes into the error raised when they do not decode.
+  """
+  return _decode(io.BytesIO(data), size, name)[0]
 
 
 def load_images(paths, size, num_threads=8):

@@ -1,0 +1,266 @@
+"""Writes the synthetic test identities as the files real evaluation sets are distributed in.
+
+    python -m input_pipeline.synthetic.export --data_dir=DIR --builder_config=tiny --out=OUT
+
+So the readers of `input_pipeline.readers` (insightface_bin, lfw, ijba, megaface) can be run
+end to end without the real data. The CFP and Multi-PIE trees are `protocols`'s (in
+`<data_dir>/.../protocols`, written if missing) and are not repeated here. Under OUT:
+
+- `cfp_ff.bin`, `cfp_fp.bin`: insightface packs of the synthetic CFP-FF / CFP-FP pairs in the
+  protocol's order (fold by fold, same before different); every fold has as many pairs, so
+  insightface's 10 contiguous folds are the protocol's folds. Images at the stored size,
+  encoded from the test split's lossless pixels: JPEG at the protocol tree's quality (so they
+  decode as the tree's files do) or, with --bin_format=png, PNG (the exact pixels).
+- `lfw/pairs.txt`, `lfw/images/Person_NNN/Person_NNN_00KK.jpg` (every CFP frontal image:
+  KK of subject NNN) and `lfw/images/landmarks.csv`: the CFP-FF pairs in LFW's format, one
+  set per fold.
+- `ijba/protocol/split{k}/verify_metadata_{k}.csv` and `verify_comparisons_{k}.csv`, images
+  under `ijba/images` (`img/<media>.jpg` photos, `frame/<media>_<frame>.jpg` video frames).
+  Three templates per subject: frontal photos 1-5; frontal 6-10 and profile 1-2; profile 3-4
+  and a video (one media) of the Multi-PIE light-1 probes from -90 to 90 degrees. Template id
+  3 (NNN - 1) + t + 1, subject NNN, face box the whole image. Split k holds the subjects
+  outside CFP fold k - 1 and compares every pair of its templates.
+- `megaface/facescrub_features_list.json` (probes: the 14 CFP images of each subject in the
+  first half, under `megaface/facescrub`) and `megaface/megaface_features_list.json_<M>_1`
+  (distractors: all M test images of the other half, under `megaface/megaface`).
+- `summary.json`: counts; written last, so its presence means the export is complete.
+
+All image files are copies of the protocol tree's JPEGs (quality 95), byte for byte.
+"""
+import argparse
+import json
+import os
+import shutil
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from input_pipeline.readers import cfp
+from input_pipeline.readers import images as images_lib
+from input_pipeline.readers import insightface_bin
+from input_pipeline.synthetic import builder as builder_lib
+from input_pipeline.synthetic import protocols
+
+SUMMARY = "summary.json"
+IJBA_COLUMNS = ("TEMPLATE_ID", "SUBJECT_ID", "FILE", "MEDIA_ID", "SIGHTING_ID", "FRAME",
+                "FACE_X", "FACE_Y", "FACE_WIDTH", "FACE_HEIGHT")
+TEMPLATES_PER_SUBJECT = 3
+_OFFLINE = tfds.download.DownloadConfig(try_download_gcs=False)
+
+
+def cfp_name(subject, kind, k):
+  """File name (test split, protocol tree) of CFP image k of `kind` of 1-based `subject`."""
+  return f"cfp/Data/Images/{subject:03d}/{kind}/{k:02d}.jpg"
+
+
+def multipie_name(subject, yaw, light):
+  """File name of the Multi-PIE image at `yaw` under `light` of 1-based `subject`."""
+  return f"multipie/images/{subject:03d}/{yaw}_{light}.jpg"
+
+
+def person(subject):
+  """The LFW / FaceScrub-style name of a subject."""
+  return f"Person_{subject:03d}"
+
+
+def read_test_images(builder):
+  """{file_name: uint8 image} of a prepared builder's test split (lossless PNG pixels)."""
+  dataset = builder.as_dataset(split="test", shuffle_files=False)
+  return {ex["file_name"].decode(): ex["image"] for ex in tfds.as_numpy(dataset)}
+
+
+def _test_file_name(protocol_root, path):
+  """The test-split file name of an absolute path in the protocol tree."""
+  return os.path.relpath(path, protocol_root).replace(os.sep, "/")
+
+
+def _write_lines(path, lines):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    f.writelines(line + "\n" for line in lines)
+
+
+def _copy(protocol_root, file_name, destination):
+  os.makedirs(os.path.dirname(destination), exist_ok=True)
+  shutil.copyfile(os.path.join(protocol_root, file_name), destination)
+
+
+def write_bins(protocol_root, pixels, out, image_format="jpeg"):
+  """`cfp_ff.bin` and `cfp_fp.bin` in `out` from the CFP protocol and the test pixels."""
+  counts = {}
+  for protocol in cfp.PROTOCOLS:
+    pairs = cfp.read_cfp(os.path.join(protocol_root, "cfp"), protocol)
+    num_pairs = len(pairs.is_same)
+    if not np.array_equal(pairs.fold, insightface_bin.contiguous_folds(num_pairs)):
+      raise ValueError(f"CFP-{protocol} folds are not {insightface_bin.NUM_FOLDS} equal "
+                       f"contiguous blocks; a pack would change them")
+    order = np.stack([pairs.index_a, pairs.index_b], axis=1).ravel()
+    stacked = np.stack([pixels[_test_file_name(protocol_root, pairs.paths[i])]
+                        for i in order])
+    insightface_bin.write_bin(os.path.join(out, f"cfp_{protocol.lower()}.bin"), stacked,
+                              pairs.is_same, image_format, quality=protocols.JPEG_QUALITY)
+    counts[f"cfp_{protocol.lower()}_pairs"] = num_pairs
+  return counts
+
+
+def _write_lfw(protocol_root, folder, num_subjects):
+  """The CFP-FF pairs as an LFW tree: pairs.txt, every frontal image, landmarks.csv."""
+  pairs = cfp.read_cfp(os.path.join(protocol_root, "cfp"), "FF")
+  image_root = os.path.join(folder, "images")
+  frontal = [(s, k) for s in range(1, num_subjects + 1)
+             for k in range(1, builder_lib.CFP_FRONTAL + 1)]
+  relative = [f"{person(s)}/{person(s)}_{k:04d}.jpg" for s, k in frontal]
+  sources = [os.path.join(protocol_root, cfp_name(s, "frontal", k)) for s, k in frontal]
+  for (s, k), destination in zip(frontal, relative):
+    _copy(protocol_root, cfp_name(s, "frontal", k), os.path.join(image_root, destination))
+  points = images_lib.read_landmarks_csv(
+      os.path.join(protocol_root, "cfp", "landmarks.csv"), sources)
+  _write_lines(os.path.join(image_root, "landmarks.csv"), [
+      ",".join([name] + [f"{v:.3f}" for v in p.ravel()]) for name, p in zip(relative, points)])
+  key = dict(zip(map(os.path.normpath, sources), frontal))
+  keys = [key[os.path.normpath(path)] for path in pairs.paths]  # (subject, k) of each path
+
+  folds = np.unique(pairs.fold)
+  per_set = int(pairs.is_same[pairs.fold == folds[0]].sum())
+  lines = [f"{len(folds)} {per_set}"]
+  for fold in folds:
+    for same in (True, False):
+      chosen = np.flatnonzero((pairs.fold == fold) & (pairs.is_same == same))
+      if len(chosen) != per_set:
+        raise ValueError(f"CFP-FF fold {fold} has {len(chosen)} {'same' if same else 'diff'}"
+                         f" pairs, not {per_set}; LFW sets need equal counts")
+      for i in chosen:
+        (s, j), (t, k) = keys[pairs.index_a[i]], keys[pairs.index_b[i]]
+        lines.append(f"{person(s)} {j} {k}" if same else f"{person(s)} {j} {person(t)} {k}")
+  _write_lines(os.path.join(folder, "pairs.txt"), lines)
+  return {"lfw_pairs": len(lines) - 1, "lfw_images": len(relative)}
+
+
+def _ijba_templates(subject):
+  """The 3 templates of a subject, each a list of media, each a list of file names."""
+  photos = lambda kind, ks: [[cfp_name(subject, kind, k)] for k in ks]
+  video = [[multipie_name(subject, yaw, 1) for yaw in builder_lib.YAW_BINS]]
+  return [photos("frontal", range(1, 6)),
+          photos("frontal", range(6, 11)) + photos("profile", range(1, 3)),
+          photos("profile", range(3, 5)) + video]
+
+
+def _write_ijba(protocol_root, folder, num_subjects, image_size):
+  """IJB-A split CSVs and their images (see the module docstring)."""
+  rows = {}  # subject -> metadata rows (lists of fields)
+  sighting = 0
+  for subject in range(1, num_subjects + 1):
+    rows[subject] = []
+    for t, template in enumerate(_ijba_templates(subject)):
+      template_id = TEMPLATES_PER_SUBJECT * (subject - 1) + t + 1
+      for m, media in enumerate(template):
+        media_id = 100 * subject + 10 * t + m + 1
+        for frame, file_name in enumerate(media):
+          sighting += 1
+          relative = (f"img/{media_id}.jpg" if len(media) == 1
+                      else f"frame/{media_id}_{frame:05d}.jpg")
+          _copy(protocol_root, file_name, os.path.join(folder, "images", relative))
+          rows[subject].append([template_id, subject, relative, media_id, sighting,
+                                "" if len(media) == 1 else frame, 0, 0, image_size,
+                                image_size])
+  per_fold = num_subjects // builder_lib.NUM_FOLDS
+  num_comparisons = 0
+  for split in range(1, builder_lib.NUM_FOLDS + 1):
+    held_out = range((split - 1) * per_fold + 1, split * per_fold + 1)
+    subjects = [s for s in range(1, num_subjects + 1) if s not in held_out]
+    split_dir = os.path.join(folder, "protocol", f"split{split}")
+    _write_lines(os.path.join(split_dir, f"verify_metadata_{split}.csv"),
+                 [",".join(IJBA_COLUMNS)] + [",".join(map(str, row)) for s in subjects
+                                             for row in rows[s]])
+    tids = sorted({row[0] for s in subjects for row in rows[s]})
+    comparisons = [f"{a},{b}" for i, a in enumerate(tids) for b in tids[i + 1:]]
+    _write_lines(os.path.join(split_dir, f"verify_comparisons_{split}.csv"), comparisons)
+    num_comparisons += len(comparisons)
+  return {"ijba_templates": TEMPLATES_PER_SUBJECT * num_subjects,
+          "ijba_images": sighting, "ijba_comparisons": num_comparisons}
+
+
+def _cfp_names(subject):
+  """The file names of a subject's CFP images: frontal 1..10, then profile 1..4."""
+  return ([cfp_name(subject, "frontal", k) for k in range(1, builder_lib.CFP_FRONTAL + 1)]
+          + [cfp_name(subject, "profile", k) for k in range(1, builder_lib.CFP_PROFILE + 1)])
+
+
+def _write_megaface(protocol_root, folder, num_subjects, illuminations):
+  """FaceScrub probe and MegaFace distractor lists and their images."""
+  half = num_subjects // 2
+  ids, probe_paths = [], []
+  for subject in range(1, half + 1):
+    for j, file_name in enumerate(_cfp_names(subject), 1):
+      relative = f"{person(subject)}/{person(subject)}_{j}.jpg"
+      _copy(protocol_root, file_name, os.path.join(folder, "facescrub", relative))
+      ids.append(person(subject))
+      probe_paths.append(relative)
+  distractors = []
+  for subject in range(half + 1, num_subjects + 1):
+    names = _cfp_names(subject) + [multipie_name(subject, 0, 0)] + [
+        multipie_name(subject, yaw, light) for yaw in builder_lib.YAW_BINS
+        for light in range(1, illuminations + 1)]
+    for file_name in names:
+      source = file_name.split("/")
+      kind = f"cfp_{source[-2]}" if source[0] == "cfp" else "multipie"
+      relative = f"{subject:03d}/{kind}_{source[-1]}"
+      _copy(protocol_root, file_name, os.path.join(folder, "megaface", relative))
+      distractors.append(relative)
+  with open(os.path.join(folder, "facescrub_features_list.json"), "w") as f:
+    json.dump({"id": ids, "path": probe_paths}, f)
+  with open(os.path.join(folder, f"megaface_features_list.json_{len(distractors)}_1"),
+            "w") as f:
+    json.dump({"path": distractors}, f)
+  return {"megaface_probes": len(probe_paths), "megaface_distractors": len(distractors)}
+
+
+def export(builder, out, bin_format="jpeg"):
+  """Writes the export of a prepared SyntheticFaces builder to `out`; returns `out`.
+
+  An existing `out` is replaced only when it is an earlier export (holds summary.json) or
+  empty.
+  """
+  out = os.path.abspath(out)
+  if (os.path.isdir(out) and os.listdir(out)
+      and not os.path.isfile(os.path.join(out, SUMMARY))):
+    raise FileExistsError(f"{out} exists and is not an earlier export; not replacing it")
+  config = builder.builder_config
+  protocol_root = protocols.ensure(builder)
+  partial = f"{out}.partial-{os.getpid()}"
+  shutil.rmtree(partial, ignore_errors=True)
+  os.makedirs(partial)
+  summary = {"builder_config": config.name, "image_size": config.image_size,
+             "bin_format": bin_format}
+  summary.update(write_bins(protocol_root, read_test_images(builder), partial, bin_format))
+  summary.update(_write_lfw(protocol_root, os.path.join(partial, "lfw"),
+                            config.num_test_identities))
+  summary.update(_write_ijba(protocol_root, os.path.join(partial, "ijba"),
+                             config.num_test_identities, config.image_size))
+  summary.update(_write_megaface(protocol_root, os.path.join(partial, "megaface"),
+                                 config.num_test_identities, config.illuminations))
+  with open(os.path.join(partial, SUMMARY), "w") as f:
+    json.dump(summary, f, indent=1)
+  if os.path.exists(out):
+    shutil.rmtree(out)
+  os.replace(partial, out)
+  return out
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--data_dir", required=True, help="TFDS data dir of synthetic_faces")
+  parser.add_argument("--builder_config", default="tiny", help="synthetic_faces config name")
+  parser.add_argument("--out", required=True, help="folder to write the export into")
+  parser.add_argument("--bin_format", default="jpeg", choices=insightface_bin.FORMATS,
+                      help="image encoding inside the .bin packs")
+  args = parser.parse_args(argv)
+  builder = builder_lib.SyntheticFaces(config=args.builder_config, data_dir=args.data_dir)
+  builder.download_and_prepare(download_config=_OFFLINE)  # renders; fetches nothing
+  out = export(builder, args.out, args.bin_format)
+  with open(os.path.join(out, SUMMARY)) as f:
+    print(f"wrote {out}: {f.read()}")
+
+
+if __name__ == "__main__":
+  main()
