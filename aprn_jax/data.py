@@ -1,5 +1,11 @@
 """The training data of a run: a TFDS builder prepared offline, its counts, the frontal mean
 face in the network's landmark frame, and the folder of its evaluation protocol files.
+
+`config.data.name`: `synthetic_faces` (built in; `config.data.builder_config` picks its size),
+or the user's faces from `config.data.manual_dir`: `face_folder` or `insightface_rec`
+(`input_pipeline.real`), stored at `config.data.stored_size`, with `config.data.skip_bad`.
+A real build's folder name carries a digest of manual_dir, so builds of different folders
+share one data_dir; a folder whose contents changed needs its build folder deleted.
 """
 import dataclasses
 import os
@@ -19,7 +25,8 @@ class TrainData:
   num_landmarks: int
   stored_size: int              # side of the stored (square) images
   mean_face: np.ndarray         # (M, 2) float32, normalised [-1, 1] over the network input
-  protocol_root: str            # holds cfp/ and multipie/ in the benchmarks' layouts
+  protocol_root: str            # the data set's own benchmark files (evaluate.DEFAULT_PATHS);
+                                # "" for real data (config.eval.paths names them)
 
 
 def data_dir(config, workdir):
@@ -35,28 +42,62 @@ def to_network_frame(points, stored_size, crop_size, image_size):
   return np.asarray(out["landmarks"], np.float32)
 
 
+DATA_SETS = ("synthetic_faces", "face_folder", "insightface_rec")
+
+
 def load(config, workdir):
   """Builds (once) and opens the configured data set."""
-  if config.data.name != "synthetic_faces":
+  if config.data.name not in DATA_SETS:
     raise ValueError(f"config.data.name={config.data.name!r} is not a data set of this "
-                     f"project; choose one of ('synthetic_faces',)")
+                     f"project; choose one of {DATA_SETS}")
+  if config.data.name == "synthetic_faces":
+    return _load_synthetic(config, workdir)
+  return _load_real(config, workdir)
+
+
+def _train_data(config, builder, protocol_root):
   from input_pipeline import mean_face as mean_face_lib  # the data set's own modules
-  from input_pipeline.synthetic import builder as synthetic_builder
-  from input_pipeline.synthetic import protocols
-  directory = data_dir(config, workdir)
-  builder = synthetic_builder.SyntheticFaces(config=config.data.builder_config,
-                                             data_dir=directory)
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   info = builder.info
   stored_size = info.features["image"].shape[0]
-  num_landmarks = info.features["landmarks"].shape[0]
+  if config.data.crop_size > stored_size:
+    raise ValueError(f"config.data.crop_size={config.data.crop_size} is larger than the "
+                     f"{stored_size}x{stored_size} images of {builder.data_dir}")
   mean_face = to_network_frame(mean_face_lib.read(builder.data_dir), stored_size,
                                config.data.crop_size, config.data.image_size)
-  protocol_root = protocols.ensure(builder)
   return TrainData(
       dataset_fn=lambda: builder.as_dataset(split="train", shuffle_files=False),
       num_examples=info.splits["train"].num_examples,
       num_classes=info.features["label"].num_classes,
-      num_landmarks=num_landmarks, stored_size=stored_size, mean_face=mean_face,
-      protocol_root=protocol_root)
+      num_landmarks=info.features["landmarks"].shape[0], stored_size=stored_size,
+      mean_face=mean_face, protocol_root=protocol_root)
+
+
+def _load_synthetic(config, workdir):
+  from input_pipeline.synthetic import builder as synthetic_builder
+  from input_pipeline.synthetic import export
+  builder = synthetic_builder.SyntheticFaces(config=config.data.builder_config,
+                                             data_dir=data_dir(config, workdir))
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  return _train_data(config, builder, export.ensure(builder))
+
+
+def _load_real(config, workdir):
+  """face_folder / insightface_rec from config.data.manual_dir; no protocol files ("")."""
+  from input_pipeline.real import builders
+  manual_dir = config.data.get("manual_dir", "")
+  if not manual_dir or not os.path.isdir(manual_dir):
+    raise ValueError(f"config.data.name={config.data.name!r} reads your own data: set "
+                     f"config.data.manual_dir to its folder (got {manual_dir!r}; layouts: "
+                     f"input_pipeline/real/__init__.py)")
+  manual_dir = os.path.abspath(manual_dir)
+  builder_config = builders.make_config(
+      image_size=config.data.get("stored_size", builders.DEFAULT_IMAGE_SIZE),
+      skip_bad=config.data.get("skip_bad", False),
+      mean_face_max_yaw=config.data.mean_face_max_yaw,
+      tag=builders.source_tag(manual_dir))
+  builder = builders.BUILDERS[config.data.name](config=builder_config,
+                                                data_dir=data_dir(config, workdir))
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      try_download_gcs=False, manual_dir=manual_dir))
+  return _train_data(config, builder, protocol_root="")

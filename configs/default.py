@@ -15,9 +15,14 @@ def get_config():
   config.seed = 0
 
   config.data = dict(
-      name="synthetic_faces",     # or a TFDS builder of real faces (see README)
+      name="synthetic_faces",     # or your own faces: face_folder | insightface_rec
       builder_config="default",   # synthetic_faces: tiny / default / large
       data_dir="",                # TFDS data dir; "" = <workdir>/../data shared by runs
+      # face_folder / insightface_rec (input_pipeline/real): built offline from manual_dir.
+      manual_dir="",              # <identity>/<image> folders, or train.rec + train.idx;
+                                  # with landmarks.csv (input_pipeline/real/tables.py)
+      stored_size=112,            # images stored at this side (centre square, resized)
+      skip_bad=False,             # skip bad images (listed in skipped.txt) instead of failing
       image_size=64,              # network input
       crop_size=64,               # random crop from the stored image (72x72 here)
       mean_face_max_yaw=10.0,     # frontal images (|yaw| below this) make the mean face
@@ -61,9 +66,30 @@ def get_config():
       keep_checkpoints=2,
   )
 
+  # Benchmarks and where their files are (aprn_jax/evaluate.py); an empty path means the data
+  # set's own protocol files (the synthetic faces ship all of them in the real layouts).
   config.eval = dict(
-      benchmarks=("cfp_ff", "cfp_fp", "multipie"),
+      benchmarks=("cfp_ff", "cfp_fp", "lfw", "bins", "ijba", "megaface", "multipie"),
+      bins=("cfp_ff", "cfp_fp"),  # insightface packs <paths.bins>/<name>.bin
+      paths=dict(cfp="", lfw="", lfw_images="", bins="", ijba="", ijba_images="",
+                 megaface_probes="", megaface_probe_images="", megaface_distractors="",
+                 megaface_distractor_images="", multipie=""),
       batch_size=128,
       flip=True,
+  )
+
+  # --mode=analyse: the paper's pose-invariance analyses on the saved checkpoints (see
+  # aprn_jax/analysis/analyse.py). Like config.eval, it may change in an existing workdir.
+  config.analysis = dict(
+      probe_taps=(),              # Table 3 landmark probes; () = every tap of the backbone
+      probe_train_images=2000,    # the first images of the training split
+      probe_steps=300,            # Adam steps of every probe, all taps together
+      probe_batch_size=64,
+      probe_lr=1e-3,
+      tsne_identities=10,         # Fig. 2
+      overlay_identities=2,       # Fig. 1: a frontal and a profile CFP image of each
+      overlay_tile=192,           # pixels per image in the overlay PNG
+      noise_images=100,           # the noise test (paper: 100 images, uniform in [-1, 1])
+      seed=0,
   )
   return config

@@ -71,6 +71,22 @@ def test_train_writes_results_table_and_phase_outputs(trained):
   assert {"d_l1", "adversarial_l1", "identity_loss", "lr", "d_lr"} <= set(aprn_lines[-1])
 
 
+def test_every_benchmark_layout_gives_the_same_figures_on_the_same_pairs(trained):
+  """The synthetic LFW tree and the .bin packs hold CFP's pairs and pixels (as JPEG files or
+  JPEG bytes), so every reader must give exactly CFP's figures; IJB-A and MegaFace run."""
+  results = trained[3]
+  for phase in ("baseline", "aprn"):
+    figures = results[phase]
+    assert figures["lfw"] == figures["cfp_ff"]
+    assert figures["bin_cfp_ff"] == figures["cfp_ff"]
+    assert figures["bin_cfp_fp"] == figures["cfp_fp"]
+    assert figures["ijba"]["num_splits"] == 10
+    assert set(figures["ijba"]["tar_at_far"]) == {"0.1", "0.01", "0.001", "0.0001"}
+    assert 0 <= figures["megaface"]["rank1"] <= 1 and figures["megaface"]["num_distractors"]
+    cmc = list(figures["megaface"]["cmc"].values())
+    assert cmc == sorted(cmc) and cmc[0] == figures["megaface"]["rank1"]
+
+
 def test_rerun_skips_finished_phases_and_eval_reproduces_training(trained, capfd):
   config, _, workdir, results = trained
   again = run.main(config, workdir, "train")

@@ -247,6 +247,18 @@ def export(builder, out, bin_format="jpeg"):
   return out
 
 
+def ensure(builder):
+  """The builder's protocol tree (`protocols.ensure`) with this export in its `export/`.
+
+  Each is written once; the evaluation finds every benchmark's files below the returned root.
+  """
+  root = protocols.ensure(builder)
+  out = os.path.join(root, "export")
+  if not os.path.isfile(os.path.join(out, SUMMARY)):
+    export(builder, out)
+  return root
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--data_dir", required=True, help="TFDS data dir of synthetic_faces")
