@@ -23,6 +23,10 @@ _HAIR_COLOURS = np.array([
 _IRIS_COLOURS = np.array([
     [0.25, 0.14, 0.07], [0.4, 0.3, 0.13], [0.28, 0.42, 0.27], [0.27, 0.42, 0.62],
     [0.42, 0.47, 0.52]])
+_HAIR_MEAN = _HAIR_COLOURS.mean(0)
+# Hair shows in every pose: its colour is pulled towards the mean so that it cannot carry
+# identity across poses on its own.
+_HAIR_SPREAD = 0.7
 _LIGHT_SKIN = np.array([0.86, 0.68, 0.56])
 _DARK_SKIN = np.array([0.6, 0.42, 0.31])
 HAIR_STYLES = ("bald", "shaved", "short", "medium", "long")
@@ -102,39 +106,40 @@ def sample_identity(seed, symmetric=False):
     return float(np.clip(rng.normal(mean, std), low, high))
 
   hair_style = int(rng.choice(len(HAIR_STYLES), p=[0.06, 0.1, 0.4, 0.28, 0.16]))
-  hair_colour = _HAIR_COLOURS[rng.integers(len(_HAIR_COLOURS))] * rng.uniform(0.85, 1.15)
-  skin = (_LIGHT_SKIN + (_DARK_SKIN - _LIGHT_SKIN) * rng.uniform(0, 1)
-          + rng.normal(0, 0.015, 3))
+  hair_colour = _HAIR_COLOURS[rng.integers(len(_HAIR_COLOURS))] * rng.uniform(0.9, 1.1)
+  hair_colour = _HAIR_MEAN + _HAIR_SPREAD * (hair_colour - _HAIR_MEAN)
+  skin = (_LIGHT_SKIN + (_DARK_SKIN - _LIGHT_SKIN) * rng.uniform(0.35, 0.65)
+          + rng.normal(0, 0.01, 3))
   beard_density = np.zeros(4)
   if rng.uniform() < 0.3:
     style = rng.integers(4)
     beard_density[style] = rng.uniform(0.35, 0.8)
     if style == 0 and rng.uniform() < 0.5:
       beard_density[1:3] = beard_density[0] + 0.15
-  num_moles = 0 if symmetric else int(min(rng.poisson(0.9), 3))
+  num_moles = 0 if symmetric else int(min(rng.poisson(3.0), 7))
   moles = np.stack([rng.uniform(-4.5, 4.5, num_moles), rng.uniform(-3.0, 9.0, num_moles)], -1)
   freckles = float(rng.uniform(0.25, 0.7)) if rng.uniform() < 0.2 else 0.0
   asymmetry = (0.0, 0.0, 0.0) if symmetric else tuple(rng.normal(0, [0.12, 0.15, 2.0]))
   return Identity(
-      cranium=(normal(7.6, 0.3, 6.9, 8.3), normal(9.6, 0.35, 8.8, 10.4),
-               normal(9.6, 0.4, 8.8, 10.6)),
-      face_width=normal(1.0, 0.05, 0.88, 1.12),
+      cranium=(normal(7.6, 0.2, 7.1, 8.1), normal(9.6, 0.2, 9.1, 10.1),
+               normal(9.6, 0.25, 9.0, 10.2)),
+      face_width=normal(1.0, 0.075, 0.85, 1.15),
       face_length=normal(1.0, 0.05, 0.88, 1.12),
       jaw_width=normal(1.0, 0.08, 0.82, 1.18),
       chin_width=normal(1.0, 0.12, 0.75, 1.3),
       chin_forward=normal(0.0, 0.4, -0.9, 0.9),
       brow_ridge=normal(0.0, 0.3, -0.6, 0.7),
       cheek=normal(1.0, 0.06, 0.88, 1.12),
-      eye_size=normal(1.0, 0.08, 0.82, 1.18),
-      eye_spacing=normal(6.3, 0.3, 5.6, 7.0),
-      eye_height=normal(0.0, 0.25, -0.6, 0.6),
+      eye_size=normal(1.0, 0.12, 0.75, 1.25),
+      eye_spacing=normal(6.3, 0.5, 5.3, 7.3),
+      eye_height=normal(0.0, 0.35, -0.7, 0.7),
       eye_protrusion=normal(0.45, 0.07, 0.3, 0.6),
-      brow_height=normal(1.6, 0.22, 1.15, 2.1),
-      brow_thickness=normal(0.3, 0.07, 0.17, 0.45),
-      brow_arch=normal(8.0, 5.0, -4.0, 18.0),
+      brow_height=normal(1.6, 0.3, 1.05, 2.2),
+      brow_thickness=normal(0.3, 0.08, 0.17, 0.5),
+      brow_arch=normal(8.0, 7.0, -6.0, 22.0),
       brow_length=normal(1.9, 0.18, 1.5, 2.3),
       nose_length=normal(4.3, 0.35, 3.5, 5.1),
-      nose_width=normal(1.25, 0.15, 0.95, 1.6),
+      nose_width=normal(1.25, 0.22, 0.9, 1.7),
       nose_protrusion=normal(2.1, 0.35, 1.4, 2.9),
       nose_tip=normal(0.85, 0.12, 0.6, 1.1),
       mouth_height=normal(6.6, 0.35, 5.9, 7.4),
@@ -158,7 +163,7 @@ def sample_identity(seed, symmetric=False):
       beard=tuple(hair_colour * 0.8),
       beard_density=tuple(beard_density),
       moles=tuple(map(tuple, moles)),
-      mole_radii=tuple(rng.uniform(0.12, 0.28, num_moles)),
+      mole_radii=tuple(rng.uniform(0.15, 0.35, num_moles)),
       freckle_density=0.0 if symmetric else freckles,
       freckle_seed=int(rng.integers(2**31)))
 
@@ -275,12 +280,12 @@ def build_head(identity):
                           (g.mouth_width, thickness, 0.9), (0.0, 0.0, g.asymmetry[2])))
 
   frozen = parts.parts()
+  mole_points, on_face = _on_surface(frozen, np.array(g.moles).reshape(-1, 2))
   appearance = renderer.Appearance(
       skin=np.array(g.skin), hair=np.array(g.hair), brow=np.array(g.brow),
       iris=np.array(g.iris), lips=np.array(g.lips), beard=np.array(g.beard),
       beard_density=np.array(g.beard_density),
-      moles=_on_surface(frozen, np.array(g.moles).reshape(-1, 2)),
-      mole_radii=np.array(g.mole_radii),
+      moles=mole_points[on_face], mole_radii=np.array(g.mole_radii)[on_face],
       freckle_density=g.freckle_density, freckle_seed=g.freckle_seed,
       hair_planes=planes,
       hair_offsets=offsets if g.hair_style > 0 else np.full(2, 1e4),
@@ -290,8 +295,9 @@ def build_head(identity):
 
 
 def _on_surface(parts, xy):
+  """Surface points (N, 3) under frontal (x, y) positions, and which (N,) hit the head."""
   points, _ = renderer.cast_frontal(parts, xy)
-  return points[np.isfinite(points[:, 2])]
+  return points, np.isfinite(points[:, 2])
 
 
 def _boundary(parts, starts, directions, members, max_cm=4.0, steps=14):
