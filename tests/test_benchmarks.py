@@ -98,3 +98,20 @@ def test_train_step_rejects_a_batch_the_devices_cannot_split():
                          "--devices=2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0
   assert "--batch_size=3 is not a positive multiple of the 2 devices" in proc.stderr
+
+
+def test_input_pipeline_reports_both_pipelines_next_to_the_step(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "benchmarks/input_pipeline.py", "--config=configs/tiny.py",
+       f"--workdir={tmp_path / 'wd'}", "--batches=2", "--jpeg_images=48", "--steps=1",
+       f"--out={tmp_path / 'out.jsonl'}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  record = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert record["jpeg_folder"]["num_examples"] == 48
+  assert record["synthetic"]["num_examples"] == 40 * 8  # the tiny build's training split
+  for name in ("synthetic", "jpeg_folder"):
+    assert record[name]["images_per_s"] > 0
+    assert record[f"{name}_over_aprn_step"] == pytest.approx(
+        record[name]["images_per_s"] / record["train_step"]["aprn"]["images_per_s"])
+  assert (tmp_path / "out.jsonl").read_text().strip() == proc.stdout.strip().splitlines()[-1]
