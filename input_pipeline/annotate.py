@@ -40,7 +40,6 @@ import io
 import itertools
 import multiprocessing
 import os
-import struct
 import sys
 import time
 
@@ -48,6 +47,7 @@ import numpy as np
 from PIL import Image
 
 from input_pipeline import landmarks as landmarks_lib
+from input_pipeline import recordio
 from input_pipeline.readers import images as images_lib
 
 INSTALL_HINT = "pip install -r requirements-annotate.txt"
@@ -154,70 +154,6 @@ def annotate_one(annotator, source):
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
     return None, " ".join(f"cannot decode the image: {error}".split())
   return annotator.annotate(image)
-
-
-# RecordIO (insightface train.rec / train.idx): records of a magic word, a length word whose
-# top 3 bits say how a record split at magic words continues, and the payload padded to 4
-# bytes; payload = IRHeader (flag, label, id, id2), `flag` float labels when flag > 0, then
-# the encoded image. The .idx has lines `<record index>\t<byte offset>`.
-_MAGIC = 0xCED7230A
-_IR_HEADER = struct.Struct("<IfQQ")
-
-
-class _RecordFile:
-  """Random access to the images of an insightface `prefix`.rec through its .idx."""
-
-  def __init__(self, prefix):
-    self.offsets = {}
-    idx = prefix + ".idx"
-    with open(idx, encoding="utf-8") as lines:
-      for line_number, line in enumerate(lines, 1):
-        if line.strip():
-          row = images_lib.Row(idx, line_number, line.split())
-          if len(row.fields) != 2:
-            raise row.error(f"expected `<record index> <byte offset>`, got {line.strip()!r}")
-          self.offsets[row.integer(0, "record index")] = row.integer(1, "byte offset")
-    self._file = open(prefix + ".rec", "rb")  # pylint: disable=consider-using-with
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *unused_exc):
-    self._file.close()
-
-  def _record(self, index):
-    """(flag, float32 labels, encoded image) of record `index`, parts joined."""
-    self._file.seek(self.offsets[index])
-    payload = b""
-    while True:
-      magic, word = struct.unpack("<II", self._file.read(8))
-      if magic != _MAGIC:
-        raise ValueError(f"{self._file.name}: bad RecordIO magic {magic:#x} in record "
-                         f"{index}")
-      length, continuation = word & ((1 << 29) - 1), word >> 29
-      payload += self._file.read(length)
-      self._file.read(-length % 4)
-      if continuation in (0, 3):
-        break
-      payload += struct.pack("<I", _MAGIC)
-    flag, label, _, _ = _IR_HEADER.unpack_from(payload)
-    start = _IR_HEADER.size
-    if flag == 0:
-      return flag, np.float32([label]), payload[start:]
-    labels = np.frombuffer(payload, np.float32, flag, start)
-    return flag, labels, payload[start + 4 * flag:]
-
-  def image_indices(self):
-    """Record indices of the images: 1 .. label[0]-1 after a header record 0 (flag > 0)."""
-    if 0 in self.offsets:
-      flag, labels, _ = self._record(0)
-      if flag > 0:
-        return list(range(1, int(labels[0])))
-    return sorted(self.offsets)
-
-  def image(self, index):
-    """The encoded image of record `index`, or None if the .idx lacks it."""
-    return self._record(index)[2] if index in self.offsets else None
 
 
 def rec_prefix(path):
@@ -331,10 +267,10 @@ def annotate(input_path, out=None, aligned=None, num_workers=1, predictor_path=N
           raise FileNotFoundError(f"--input is neither a folder nor a RecordIO pair: "
                                   f"{prefix + suffix} not found")
       out = os.path.abspath(out or os.path.dirname(os.path.abspath(prefix)))
-      rec = stack.enter_context(_RecordFile(prefix))
-      keys = [str(index) for index in rec.image_indices()]
+      rec = stack.enter_context(recordio.Reader(prefix + ".rec", prefix + ".idx"))
+      keys = [str(key) for key in recordio.image_keys(rec, require_all=False)]
       def source(key, rec=rec):
-        return rec.image(int(key))
+        return rec.read_unpacked(int(key))[1] if int(key) in rec else None
       aligned = True if aligned is None else aligned
     annotator = Annotator(aligned, predictor_path)  # fails early without dlib or the model
     os.makedirs(out, exist_ok=True)

@@ -298,8 +298,11 @@ class Reader:
       offset, count = end, count + 1
 
 
-def image_keys(reader):
-  """The keys of the image records, by the header record convention (module docstring)."""
+def image_keys(reader, require_all=True):
+  """The keys of the image records, by the header record convention (module docstring).
+
+  require_all=False keeps announced keys that the .idx lacks (a caller lists them).
+  """
   if 0 in reader:
     header = reader.read_header(0)
     if header.flag > 0:
@@ -309,7 +312,7 @@ def image_keys(reader):
                           f"expected (first identity record, end) as whole numbers")
       keys = list(range(1, int(end)))
       missing = [key for key in keys if key not in reader]
-      if missing:
+      if missing and require_all:
         raise RecordError(f"{reader.idx_path or reader.rec_path}: header record 0 announces "
                           f"images 1..{int(end) - 1} but records {missing[:5]} are missing"
                           + (" ..." if len(missing) > 5 else ""))

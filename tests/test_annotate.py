@@ -176,24 +176,6 @@ def test_rec(tmp_path, astronaut, num_workers):
   assert skipped[2] == ["4", "record missing from the .idx"]
 
 
-def test_rec_record_split_at_magic_words(tmp_path):
-  # A writer splits a payload at each 4-byte-aligned magic word, which it leaves out: the
-  # length word's top bits mark the parts 1 (first), 2 (middle), 3 (last).
-  magic = struct.pack("<I", 0xCED7230A)
-  image = b"abcd" + magic + b"efgh" + magic + b"ij"
-  payload = struct.pack("<IfQQ", 0, 7.0, 0, 0) + image
-  parts = payload.split(magic)
-  with open(tmp_path / "train.rec", "wb") as rec:
-    for k, part in enumerate(parts):
-      flag = 1 if k == 0 else 3 if k == len(parts) - 1 else 2
-      rec.write(struct.pack("<II", 0xCED7230A, len(part) | flag << 29) + part
-                + b"\0" * (-len(part) % 4))
-  (tmp_path / "train.idx").write_text("0\t0\n")
-  with annotate._RecordFile(str(tmp_path / "train")) as rec:  # pylint: disable=protected-access
-    assert rec.image_indices() == [0]
-    assert rec.image(0) == image
-
-
 def test_template_box_fits_an_aligned_crop_like_detection(astronaut):
   crop, _, _ = _aligned_crop(astronaut)
   annotator = annotate.Annotator(aligned=True)
