@@ -1,8 +1,10 @@
 """CASIA-Net + Softmax on CASIA-WebFace, the paper's CFP setting (Tables 4, 5).
 
     python main.py --config=configs/casia_net.py --workdir=/ckpt/casia \
-        --config.data.name=face_folder --config.data.data_dir=/data/tfds
+        --config.data.name=face_folder --config.data.manual_dir=/data/CASIA-WebFace \
+        --config.data.stored_size=100 --config.data.data_dir=/data/tfds
 
+(manual_dir: one folder per identity with a landmarks.csv, README "Your own faces").
 Aligned 100x100 faces, random 96x96 crops, 30 epochs at LR 0.1 decayed 10x at epochs 20, 27,
 29; APRN (Table 4 discriminator on the last conv layer, alpha 0.2) fine-tunes from the baseline
 at a 10x smaller LR. On the synthetic data (the default data) it runs as is at 96x96.
