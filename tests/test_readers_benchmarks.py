@@ -20,16 +20,7 @@ from input_pipeline.readers import insightface_bin
 from input_pipeline.readers import lfw
 from input_pipeline.readers import megaface
 
-
-def _write(path, text):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
-    f.write(text)
-
-
-def _write_image(path, array):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  Image.fromarray(array).save(path)
+import fixture_files
 
 
 def _png(array):
@@ -164,9 +155,9 @@ def fixture_lfw_root(tmp_path):
   rng = np.random.default_rng(1)
   for name, count in LFW_IMAGES.items():
     for i in range(1, count + 1):
-      _write_image(str(tmp_path / "lfw" / name / f"{name}_{i:04d}.jpg"),
+      fixture_files.write_image(str(tmp_path / "lfw" / name / f"{name}_{i:04d}.jpg"),
                    rng.integers(0, 256, (6, 6, 3), np.uint8))
-  _write(str(tmp_path / "pairs.txt"), LFW_PAIRS)
+  fixture_files.write_text(str(tmp_path / "pairs.txt"), LFW_PAIRS)
   return tmp_path
 
 
@@ -191,7 +182,7 @@ def test_lfw_pairs_labels_and_sets(lfw_root):
 
 def test_lfw_landmarks_csv(lfw_root):
   points = np.arange(102, dtype=np.float32).reshape(51, 2)
-  _write(str(lfw_root / "lfw" / "landmarks.csv"),
+  fixture_files.write_text(str(lfw_root / "lfw" / "landmarks.csv"),
          "Bob/Bob_0002.jpg," + ",".join(map(str, points.ravel())) + "\n")
   pairs = lfw.read_lfw(str(lfw_root / "pairs.txt"), str(lfw_root / "lfw"))
   bob = pairs.paths.index(str(lfw_root / "lfw" / "Bob" / "Bob_0002.jpg"))
@@ -212,7 +203,7 @@ def test_lfw_landmarks_csv(lfw_root):
      "pairs.txt:7: image not found: .*Ann_Lee_0004.jpg"),
 ])
 def test_lfw_malformed_pairs_name_file_and_line(lfw_root, old, new, error, message):
-  _write(str(lfw_root / "pairs.txt"), LFW_PAIRS.replace(old, new))
+  fixture_files.write_text(str(lfw_root / "pairs.txt"), LFW_PAIRS.replace(old, new))
   with pytest.raises(error, match=message):
     lfw.read_lfw(str(lfw_root / "pairs.txt"), str(lfw_root / "lfw"))
 
@@ -242,10 +233,10 @@ def _ijba_metadata(rows):
 def fixture_ijba_root(tmp_path):
   for _, _, path, _ in IJBA_ROWS:
     if not (tmp_path / "images" / path).exists():
-      _write_image(str(tmp_path / "images" / path), np.zeros((4, 4, 3), np.uint8))
+      fixture_files.write_image(str(tmp_path / "images" / path), np.zeros((4, 4, 3), np.uint8))
   split = tmp_path / "IJB-A_11" / "split3"
-  _write(str(split / "verify_metadata_3.csv"), _ijba_metadata(IJBA_ROWS))
-  _write(str(split / "verify_comparisons_3.csv"),
+  fixture_files.write_text(str(split / "verify_metadata_3.csv"), _ijba_metadata(IJBA_ROWS))
+  fixture_files.write_text(str(split / "verify_comparisons_3.csv"),
          "".join(f"{a},{b}\n" for a, b in IJBA_COMPARISONS))
   return tmp_path
 
@@ -284,7 +275,7 @@ def test_ijba_split_feeds_template_verification(ijba_root):
      "verify_comparisons_3.csv:1: expected 2 fields, got 1"),
 ])
 def test_ijba_malformed_files_name_file_and_line(ijba_root, name, text, error, message):
-  _write(str(ijba_root / "IJB-A_11" / "split3" / name), text)
+  fixture_files.write_text(str(ijba_root / "IJB-A_11" / "split3" / name), text)
   with pytest.raises(error, match=message):
     ijba.read_split(str(ijba_root / "IJB-A_11"), 3, str(ijba_root / "images"))
 
@@ -299,11 +290,11 @@ def fixture_megaface_root(tmp_path):
                      "Al_A/Al_A_4.png", "Al_A/Al_A_5.png"]}
   distractors = {"path": ["386/a@N00/1_1.jpg", "12/b@N01/2_1.jpg", "12/b@N01/3_2.jpg"]}
   for path in probes["path"]:
-    _write_image(str(tmp_path / "facescrub" / path), np.zeros((4, 4, 3), np.uint8))
+    fixture_files.write_image(str(tmp_path / "facescrub" / path), np.zeros((4, 4, 3), np.uint8))
   for path in distractors["path"]:
-    _write_image(str(tmp_path / "megaface" / path), np.zeros((4, 4, 3), np.uint8))
-  _write(str(tmp_path / "facescrub_features_list.json"), json.dumps(probes))
-  _write(str(tmp_path / "megaface_features_list.json_3_1"), json.dumps(distractors))
+    fixture_files.write_image(str(tmp_path / "megaface" / path), np.zeros((4, 4, 3), np.uint8))
+  fixture_files.write_text(str(tmp_path / "facescrub_features_list.json"), json.dumps(probes))
+  fixture_files.write_text(str(tmp_path / "megaface_features_list.json_3_1"), json.dumps(distractors))
   return tmp_path
 
 
@@ -372,6 +363,6 @@ def test_megaface_malformed_feature_files_name_the_file(tmp_path):
 ])
 def test_megaface_malformed_lists_name_the_file(megaface_root, contents, error, message):
   path = megaface_root / "facescrub_features_list.json"
-  _write(str(path), contents)
+  fixture_files.write_text(str(path), contents)
   with pytest.raises(error, match=f"facescrub_features_list.json: {message}"):
     megaface.read_probe_list(str(path), str(megaface_root / "facescrub"))

@@ -9,16 +9,7 @@ from input_pipeline.readers import cfp
 from input_pipeline.readers import images
 from input_pipeline.readers import multipie
 
-
-def _write(path, text):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
-    f.write(text)
-
-
-def _write_image(path, array):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  Image.fromarray(array).save(path)
+import fixture_files
 
 
 # A CFP tree: 3 identities with 2 frontal and 2 profile images each. Frontal list index
@@ -52,14 +43,14 @@ def fixture_cfp_root(tmp_path):
     lines = []
     for index in range(1, 7):
       relative = _cfp_relative(kind, index)
-      _write_image(str(tmp_path / relative), rng.integers(0, 256, (12, 10, 3), np.uint8))
+      fixture_files.write_image(str(tmp_path / relative), rng.integers(0, 256, (12, 10, 3), np.uint8))
       lines.append(f"{index} ../{relative}\n")
-    _write(str(tmp_path / "Protocol" / list_name), "".join(lines))
+    fixture_files.write_text(str(tmp_path / "Protocol" / list_name), "".join(lines))
   for protocol in cfp.PROTOCOLS:
     for fold in range(1, 11):
       for kind in ("same", "diff"):
         pairs = CFP_SPLITS.get((protocol, fold, kind), [])
-        _write(str(tmp_path / "Protocol" / "Split" / protocol / f"{fold:02d}" / f"{kind}.txt"),
+        fixture_files.write_text(str(tmp_path / "Protocol" / "Split" / protocol / f"{fold:02d}" / f"{kind}.txt"),
                "".join(f"{a},{b}\n" for a, b in pairs))
   return tmp_path
 
@@ -97,7 +88,7 @@ def test_cfp_fp_paths_frontal_first(cfp_root):
 
 def test_cfp_landmarks_csv(cfp_root):
   points = np.arange(102, dtype=np.float32).reshape(51, 2)
-  _write(str(cfp_root / "landmarks.csv"),
+  fixture_files.write_text(str(cfp_root / "landmarks.csv"),
          _cfp_relative("F", 1) + "," + ",".join(map(str, points.ravel())) + "\n")
   pairs = cfp.read_cfp(str(cfp_root), "FF")
   first = pairs.paths.index(str(cfp_root / _cfp_relative("F", 1)))
@@ -108,7 +99,7 @@ def test_cfp_landmarks_csv(cfp_root):
 
 
 def test_cfp_malformed_landmarks_csv(cfp_root):
-  _write(str(cfp_root / "landmarks.csv"), "a.jpg," + ",".join(["1"] * 102) + "\n"
+  fixture_files.write_text(str(cfp_root / "landmarks.csv"), "a.jpg," + ",".join(["1"] * 102) + "\n"
          "b.jpg," + ",".join(["1"] * 100) + "\n")
   with pytest.raises(ValueError, match="landmarks.csv:2: expected a path and 102 numbers"):
     cfp.read_cfp(str(cfp_root), "FF")
@@ -131,7 +122,7 @@ def test_cfp_malformed_landmarks_csv(cfp_root):
 ])
 def test_cfp_malformed_files_name_file_and_line(cfp_root, relative_file, text, error,
                                                 message):
-  _write(str(cfp_root / relative_file), text)
+  fixture_files.write_text(str(cfp_root / relative_file), text)
   with pytest.raises(error, match=message):
     cfp.read_cfp(str(cfp_root), "FP")
 
@@ -153,9 +144,9 @@ def fixture_multipie_root(tmp_path):
   probes = [("p/a.png", 2, "-90"), ("p/b.png", 1, "14.2"), ("p/c.png", 17, "-44"),
             ("p/d.png", 2, "0"), ("p/e.png", 1, "60.5")]
   for path, *_ in gallery + probes:
-    _write_image(str(tmp_path / path), np.zeros((4, 4, 3), np.uint8))
-  _write(str(tmp_path / "gallery.txt"), "".join(f"{p} {s}\n" for p, s in gallery))
-  _write(str(tmp_path / "probe.txt"), "".join(f"{p} {s} {y}\n" for p, s, y in probes))
+    fixture_files.write_image(str(tmp_path / path), np.zeros((4, 4, 3), np.uint8))
+  fixture_files.write_text(str(tmp_path / "gallery.txt"), "".join(f"{p} {s}\n" for p, s in gallery))
+  fixture_files.write_text(str(tmp_path / "probe.txt"), "".join(f"{p} {s} {y}\n" for p, s, y in probes))
   return tmp_path
 
 
@@ -186,7 +177,7 @@ def test_multipie_lists(multipie_root):
 ])
 def test_multipie_malformed_files_name_file_and_line(multipie_root, name, text, error,
                                                      message):
-  _write(str(multipie_root / name), text)
+  fixture_files.write_text(str(multipie_root / name), text)
   with pytest.raises(error, match=message):
     multipie.read_multipie(str(multipie_root))
 
@@ -209,7 +200,7 @@ def _ramp(width, height):
 def test_load_image_centre_square_and_resize(tmp_path):
   path = str(tmp_path / "wide.png")
   ramp = _ramp(width=30, height=20)
-  _write_image(path, ramp)
+  fixture_files.write_image(path, ramp)
   np.testing.assert_array_equal(images.load_image(path, 20), ramp[:, 5:25])
   # Halving the centred square: output pixel centre (u, v) is file point (5 + 2u, 2v); a
   # linear ramp is reproduced there by any symmetric filter (interior pixels).
@@ -244,7 +235,7 @@ def test_bad_image_files_are_named(tmp_path):
   with pytest.raises(ValueError, match="cannot decode image file .*garbage.jpg"):
     images.load_image(str(garbage), 8)
   whole = tmp_path / "whole.png"
-  _write_image(str(whole), np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8))
+  fixture_files.write_image(str(whole), np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8))
   truncated = tmp_path / "truncated.png"
   truncated.write_bytes(whole.read_bytes()[:2000])
   with pytest.raises(ValueError, match="cannot decode image file .*truncated.png"):

@@ -95,6 +95,17 @@ def _row_points(row, expected):
   return values.reshape(-1, 2)
 
 
+def _new_key(row, key_fn, points, problems):
+  """The key of a table row, which must be valid and not seen before."""
+  try:
+    key = key_fn(row.fields[0])
+  except ValueError as error:
+    raise row.error(str(error)) from None
+  if key in points or key in problems:
+    raise row.error(f"second entry for {row.fields[0]}")
+  return key
+
+
 def _read_csv(path, key_fn):
   points, problems, expected = {}, {}, None
   with open(path, encoding="utf-8") as lines:
@@ -102,12 +113,7 @@ def _read_csv(path, key_fn):
       if not line.strip():
         continue
       row = images_lib.Row(path, line_number, [field.strip() for field in line.split(",")])
-      try:
-        key = key_fn(row.fields[0])
-      except ValueError as error:
-        raise row.error(str(error)) from None
-      if key in points or key in problems:
-        raise row.error(f"second entry for {row.fields[0]}")
+      key = _new_key(row, key_fn, points, problems)
       try:
         values = _row_points(row, expected)
       except ValueError as error:
@@ -136,12 +142,7 @@ def _read_npy(npy_path, keys_path, key_fn):
     raise ValueError(f"{keys_path} has {len(rows)} keys but {npy_path} has {len(array)} rows")
   points, problems = {}, {}
   for i, (row, values) in enumerate(zip(rows, array.astype(np.float64))):
-    try:
-      key = key_fn(row.fields[0])
-    except ValueError as error:
-      raise row.error(str(error)) from None
-    if key in points or key in problems:
-      raise row.error(f"second entry for {row.fields[0]}")
+    key = _new_key(row, key_fn, points, problems)
     if np.isnan(values).all():
       problems[key] = f"{npy_path}: row {i} ({key}): no landmarks (all NaN)"
     elif not np.isfinite(values).all():
