@@ -2,11 +2,14 @@
 
     python main.py --config=configs/default.py --workdir=/tmp/aprn_default
     python main.py --config=configs/default.py --workdir=/tmp/aprn_default --mode=eval
+    python main.py --config=configs/default.py --workdir=/tmp/aprn_default --mode=analyse
 
 --mode=train (default) runs the configured phases (a finished phase is skipped, an unfinished
 one resumes from its last checkpoint), then evaluates each phase's final recognizer and prints
 the table (also written to <workdir>/results.json). --mode=eval restores the recognizer alone
-from each phase's latest checkpoint (or --step) and writes <workdir>/eval.json.
+from each phase's latest checkpoint (or --step) and writes <workdir>/eval.json. --mode=analyse
+runs the paper's pose-invariance analyses (config.analysis) on the same checkpoints and writes
+<workdir>/analysis/analysis.json and PNGs.
 Any config field can be overridden: --config.aprn.alpha=0.3 --config.train.batch_size=128.
 """
 import json
@@ -19,8 +22,9 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and results.")
-flags.DEFINE_enum("mode", "train", ["train", "eval"], "What to do.")
-flags.DEFINE_integer("step", None, "--mode=eval: the checkpoint step (default: the latest).")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "analyse"], "What to do.")
+flags.DEFINE_integer("step", None,
+                     "--mode=eval/analyse: the checkpoint step (default: the latest).")
 flags.DEFINE_bool("distributed", None,
                   "Call jax.distributed.initialize() (multi-host GPU/TPU). Default: when "
                   "JAX_COORDINATOR_ADDRESS or a TPU pod's TPU_WORKER_HOSTNAMES is set.")

@@ -51,16 +51,22 @@ def restore(mngr, state, step=None):
                        discriminator_opt=train["discriminator_opt"])
 
 
-def restore_recognizer(directory, target, step=None):
-  """R's variables alone from a phase's checkpoints (the discriminator is not read)."""
+def restore_item(directory, item, target, step=None):
+  """(variables, step) of one item ('recognizer', 'discriminator') of a phase's checkpoint
+  at `step` (default: the latest), shaped like `target`; the other items are not read."""
   mngr = manager(directory, read_only=True)
   step = mngr.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {directory}")
   try:
     restored = mngr.restore(step, args=ocp.args.Composite(
-        recognizer=ocp.args.StandardRestore(_abstract(target))))
+        **{item: ocp.args.StandardRestore(_abstract(target))}))
   except Exception as e:  # orbax raises several types for unreadable or mismatched files
-    raise ValueError(f"cannot restore the recognizer of checkpoint step {step} in "
+    raise ValueError(f"cannot restore the {item} of checkpoint step {step} in "
                      f"{directory}: {e}") from e
-  return restored["recognizer"], step
+  return restored[item], step
+
+
+def restore_recognizer(directory, target, step=None):
+  """R's variables alone from a phase's checkpoints (the discriminator is not read)."""
+  return restore_item(directory, "recognizer", target, step)

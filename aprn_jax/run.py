@@ -6,6 +6,7 @@ import jax
 
 from aprn_jax import data as data_lib
 from aprn_jax import evaluate, trainer
+from aprn_jax.analysis import analyse
 
 
 def _write_json(path, value):
@@ -28,7 +29,8 @@ def _flatten(tree, prefix=""):
 def guard_workdir(config, workdir):
   """Refuses a workdir that holds a run of another config (its checkpoints stay untouched).
 
-  Only `config.eval` may differ: it changes what is measured, not what is trained.
+  Only `config.eval` and `config.analysis` may differ: they change what is measured, not
+  what is trained.
   """
   path = os.path.join(workdir, "config.json")
   current = json.loads(config.to_json())
@@ -40,7 +42,8 @@ def guard_workdir(config, workdir):
         raise ValueError(f"{path} is not readable JSON ({e}); move it away to start over") from e
     flat_saved, flat_current = _flatten(saved), _flatten(current)
     differ = sorted(k for k in set(flat_saved) | set(flat_current)
-                    if not k.startswith("eval.") and flat_saved.get(k) != flat_current.get(k))
+                    if not k.startswith(("eval.", "analysis."))
+                    and flat_saved.get(k) != flat_current.get(k))
     if differ:
       raise ValueError(
           f"workdir {workdir} holds a run of another config (differs in: {', '.join(differ)}); "
@@ -68,6 +71,9 @@ def main(config, workdir, mode, step=None):
     trainer.check_train_config(config)  # before the data set is built
   guard_workdir(config, workdir)
   data = data_lib.load(config, workdir)
+  evaluate.checked_paths(config, data)  # a missing benchmark file stops the run before training
+  if mode == "analyse":
+    return analyse.analyse(config, data, workdir, step)
   if mode == "train":
     phases = trainer.train(config, data, workdir)
     finished = {name: (phase.recognizer, phase.final_recognizer())

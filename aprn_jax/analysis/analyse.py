@@ -1,0 +1,150 @@
+"""`--mode=analyse`: the paper's pose-invariance analyses on each phase's checkpoint.
+
+Per phase found in the workdir (baseline, aprn), from its latest checkpoint (or `step`):
+- `landmark_probes` (Table 3): held-out L1 of landmark probes on each tap of the frozen
+  backbone (`landmark_probe`), with two references: predicting the training images' mean
+  landmarks (`train_mean_l1`) and the frontal mean face (`mean_face_l1`);
+- `pose_analyses`: the frontal-vs-profile SVM and centroid distance, as in evaluation;
+- `tsne_<phase>.png` (Fig. 2): CFP-FP embeddings, identities by colour, profile as circles;
+- `overlays_<phase>.png` (Fig. 1) and `noise_test`: D's landmarks on CFP images, and D's L1
+  to the mean face on noise. The baseline phase trains no D (its checkpoint holds an untrained
+  one), so there the predictor is the landmark probe on `config.aprn.tap`, which has D's
+  architecture: Fig. 1's baseline row is exactly such an estimator on frozen baseline maps.
+  Without that probe (`config.analysis.probe_taps` lacks the tap) the baseline gets neither.
+
+Numbers go to <workdir>/analysis/analysis.json, pictures beside it.
+"""
+import json
+import os
+
+import jax
+import numpy as np
+
+from aprn_jax import checkpoints, evaluate, models, train_state, trainer
+from aprn_jax.analysis import embedding_analyses, figures, landmark_probe, noise_test
+
+
+def saved_discriminator(phase, step):
+  """D's variables alone from a phase's checkpoint at `step`."""
+  _, target = train_state.variable_shapes(phase.recognizer, phase.discriminator,
+                                          phase.config.data.image_size, phase.config.aprn.tap)
+  return checkpoints.restore_item(phase.checkpoint_dir(), "discriminator", target, step)[0]
+
+
+def overlay_selection(held_out, num_identities):
+  """Indices of the first frontal and first profile image of the first identities."""
+  chosen = []
+  for identity in list(dict.fromkeys(held_out.identity))[:num_identities]:
+    for profile in (False, True):
+      where = np.flatnonzero((held_out.identity == identity) & (held_out.is_profile == profile))
+      chosen += list(where[:1])
+  return np.array(chosen, int)
+
+
+def probe_taps(config):
+  taps = tuple(config.analysis.probe_taps) or models.tap_names(config.model)
+  allowed = models.tap_names(config.model)
+  for tap in taps:
+    if tap not in allowed:
+      raise ValueError(f"config.analysis.probe_taps holds {tap!r}; allowed: {allowed}")
+  return taps
+
+
+def analyse_phase(config, data, phase, step, train_set, held_out, out_dir):
+  cfg = config.analysis
+  recognizer_variables, restored = phase.saved_recognizer(step)
+  print(f"[{phase.name}] analysing the checkpoint of step {restored}", flush=True)
+  results = {"step": int(restored)}
+  recognizer = phase.recognizer
+  cfp_root = os.path.join(data.protocol_root, "cfp")
+
+  embed = evaluate.Embedder(config, data, recognizer, recognizer_variables)
+  results["pose_analyses"] = evaluate._pose_analyses(embed, cfp_root)
+  lead = jax.process_index() == 0  # one writer of the pictures
+  tsne_name = f"tsne_{phase.name}.png"
+  if lead:
+    embedding_analyses.tsne_png(
+        embed(held_out.paths), held_out.identity, held_out.is_profile,
+        os.path.join(out_dir, tsne_name),
+        num_identities=min(cfg.tsne_identities, len(set(held_out.identity))), seed=cfg.seed)
+  results["tsne_png"] = tsne_name
+
+  probes, probe_variables = (), {}
+  taps = probe_taps(config)
+  if taps:
+    print(f"[{phase.name}] training landmark probes on {', '.join(taps)}", flush=True)
+    results["landmark_probes"], probes, probe_variables = landmark_probe.run(
+        config, recognizer, recognizer_variables, train_set, held_out, data.mean_face, taps)
+
+  tap = config.aprn.tap
+  if phase.name == "aprn":
+    source, disc, disc_variables = ("discriminator", phase.discriminator,
+                                    saved_discriminator(phase, restored))
+  elif tap in probe_variables:
+    source, disc, disc_variables = f"probe:{tap}", dict(probes)[tap], probe_variables[tap]
+  else:
+    return results
+  predict_all = landmark_probe.predictor(((tap, disc),), {tap: disc_variables}, recognizer,
+                                         recognizer_variables, config.eval.batch_size)
+  predict = lambda images: predict_all(images)[tap]
+  chosen = overlay_selection(held_out, cfg.overlay_identities)
+  overlay_name = f"overlays_{phase.name}.png"
+  predicted = predict(held_out.images[chosen])
+  if lead:
+    figures.overlay_png(held_out.images[chosen], held_out.landmarks[chosen], predicted,
+                        data.mean_face, os.path.join(out_dir, overlay_name),
+                        tile=cfg.overlay_tile, title=f"{phase.name} ({source})")
+  results["overlays"] = {"png": overlay_name, "source": source,
+                         "l1": float(landmark_probe.per_image_l1(
+                             predicted, held_out.landmarks[chosen]).mean())}
+  results["noise_test"] = {"source": source, **noise_test.noise_test(
+      predict, data.mean_face, num_images=cfg.noise_images,
+      image_size=config.data.image_size, seed=cfg.seed)}
+  return results
+
+
+def _rows(tree, prefix=""):
+  """(dotted name, number) of every numeric leaf."""
+  if isinstance(tree, dict):
+    return [row for key, value in tree.items() for row in _rows(value, f"{prefix}{key}.")]
+  if isinstance(tree, (int, float)) and not isinstance(tree, bool):
+    return [(prefix[:-1], tree)]
+  return []
+
+
+def table(results_by_phase):
+  """A plain-text table: one row per number, one column per phase ('-' where absent)."""
+  phases = list(results_by_phase)
+  values = {p: dict(_rows(r)) for p, r in results_by_phase.items()}
+  names = list(dict.fromkeys(name for p in phases for name in values[p]))
+  width = max(len(name) for name in names)
+  lines = [" " * width + "".join(f"{p:>12}" for p in phases)]
+  for name in names:
+    cells = [values[p].get(name) for p in phases]
+    lines.append(name.ljust(width) + "".join(
+        f"{'-':>12}" if v is None else f"{v:>12}" if isinstance(v, int) else f"{v:>12.4f}"
+        for v in cells))
+  return "\n".join(lines)
+
+
+def analyse(config, data, workdir, step=None):
+  """{phase: results} of every phase with checkpoints; writes analysis/analysis.json."""
+  out_dir = os.path.join(workdir, "analysis")
+  phases = [trainer.Phase(config, data, workdir, name) for name in trainer.PHASES]
+  phases = [p for p in phases if os.path.isdir(p.checkpoint_dir())]
+  if not phases:
+    raise FileNotFoundError(f"no phase checkpoints under {workdir} (expected "
+                            f"{', '.join(trainer.PHASES)} folders with checkpoints/)")
+  held_out = landmark_probe.cfp_images(config, data, os.path.join(data.protocol_root, "cfp"))
+  train_set = (landmark_probe.train_images(config, data, config.analysis.probe_train_images)
+               if probe_taps(config) else None)
+  results = {p.name: analyse_phase(config, data, p, step, train_set, held_out, out_dir)
+             for p in phases}
+  print(table(results), flush=True)
+  if jax.process_index() == 0:
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "analysis.json")
+    with open(path + ".tmp", "w") as f:
+      json.dump(results, f, indent=1, sort_keys=True)
+    os.replace(path + ".tmp", path)
+  return results
