@@ -7,6 +7,7 @@ import jax
 from aprn_jax import data as data_lib
 from aprn_jax import evaluate, trainer
 from aprn_jax.analysis import analyse
+from configs import default as default_config
 
 
 def _write_json(path, value):
@@ -30,7 +31,7 @@ def guard_workdir(config, workdir):
   """Refuses a workdir that holds a run of another config (its checkpoints stay untouched).
 
   Only `config.eval` and `config.analysis` may differ: they change what is measured, not
-  what is trained.
+  what is trained. Fields missing from the saved config count as their default value.
   """
   path = os.path.join(workdir, "config.json")
   current = json.loads(config.to_json())
@@ -41,6 +42,12 @@ def guard_workdir(config, workdir):
       except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not readable JSON ({e}); move it away to start over") from e
     flat_saved, flat_current = _flatten(saved), _flatten(current)
+    # A field added to the project after the run started is absent from its config.json;
+    # it is the same run when the field holds its default.
+    flat_default = _flatten(json.loads(default_config.get_config().to_json()))
+    for key in set(flat_current) - set(flat_saved):
+      if key in flat_default:
+        flat_saved[key] = flat_default[key]
     differ = sorted(k for k in set(flat_saved) | set(flat_current)
                     if not k.startswith(("eval.", "analysis."))
                     and flat_saved.get(k) != flat_current.get(k))

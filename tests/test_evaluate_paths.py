@@ -60,3 +60,4 @@ def test_distractor_folder_must_hold_one_list(tmp_path):
     evaluate._distractor_list(str(tmp_path))
   os.remove(tmp_path / "megaface_features_list.json_100_1")
   assert evaluate._distractor_list(str(tmp_path)).endswith("json_10_1")
+
