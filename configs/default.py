@@ -80,7 +80,8 @@ def get_config():
   )
 
   # --mode=analyse: the paper's pose-invariance analyses on the saved checkpoints (see
-  # aprn_jax/analysis/analyse.py). Like config.eval, it may change in an existing workdir.
+  # aprn_jax/analysis/analyse.py), about 7 minutes on 2 CPU cores, nearly all of it the
+  # probes. Like config.eval, it may change in an existing workdir.
   config.analysis = dict(
       probe_taps=(),              # Table 3 landmark probes; () = every tap of the backbone
       probe_train_images=2000,    # the first images of the training split

@@ -12,10 +12,25 @@ Per phase found in the workdir (baseline, aprn), from its latest checkpoint (or 
   architecture: Fig. 1's baseline row is exactly such an estimator on frozen baseline maps.
   Without that probe (`config.analysis.probe_taps` lacks the tap) the baseline gets neither.
 
-Numbers go to <workdir>/analysis/analysis.json, pictures beside it.
+Numbers go to <workdir>/analysis/analysis.json, pictures beside it:
+
+    {phase: {"step": int,
+             "pose_analyses": {pose_svm_train_accuracy, pose_svm_val_accuracy,
+                               centroid_distance_mean, centroid_distance_std},
+             "tsne_png": "tsne_<phase>.png",
+             "landmark_probes": {train_images, test_images, test_set: "cfp_fp", steps,
+                                 train_mean_l1, mean_face_l1,
+                                 taps: {tap: {l1, l1_frontal, l1_profile,
+                                              train_l1_first, train_l1_last}}},
+             "overlays": {png: "overlays_<phase>.png", source, l1},
+             "noise_test": {source, num_images, l1_mean, l1_std}}}
+
+`source` is "discriminator" or "probe:<tap>"; train_l1_first/last average the training L1 of
+the first/last (up to) 10 probe steps. All L1 are per coordinate in the normalised [-1, 1] frame.
 """
 import json
 import os
+import time
 
 import jax
 import numpy as np
@@ -73,8 +88,11 @@ def analyse_phase(config, data, phase, step, train_set, held_out, out_dir):
   taps = probe_taps(config)
   if taps:
     print(f"[{phase.name}] training landmark probes on {', '.join(taps)}", flush=True)
+    started = time.time()
     results["landmark_probes"], probes, probe_variables = landmark_probe.run(
         config, recognizer, recognizer_variables, train_set, held_out, data.mean_face, taps)
+    print(f"[{phase.name}] {config.analysis.probe_steps} probe steps took "
+          f"{time.time() - started:.0f} s", flush=True)
 
   tap = config.aprn.tap
   if phase.name == "aprn":
