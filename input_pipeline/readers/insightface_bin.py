@@ -19,6 +19,7 @@ import pickle
 import numpy as np
 from PIL import Image
 
+from aprn_jax.evaluation.verification import contiguous_folds  # insightface's KFold
 from input_pipeline.readers import cfp
 from input_pipeline.readers import images as images_lib
 
@@ -58,16 +59,6 @@ class _PackUnpickler(pickle.Unpickler):
       raise pickle.UnpicklingError(
           f"it refers to {module}.{name}, which a verification pack does not hold")
     return super().find_class(module, name)
-
-
-def contiguous_folds(num_pairs, num_folds=NUM_FOLDS):
-  """int32 fold of each pair: `num_folds` contiguous blocks, as KFold(shuffle=False)."""
-  if not 2 <= num_folds <= num_pairs:
-    raise ValueError(f"need 2 <= num_folds <= num_pairs, got num_folds={num_folds}, "
-                     f"num_pairs={num_pairs}")
-  sizes = np.full(num_folds, num_pairs // num_folds)
-  sizes[:num_pairs % num_folds] += 1
-  return np.repeat(np.arange(num_folds, dtype=np.int32), sizes)
 
 
 def _unpickle(path):
@@ -139,7 +130,7 @@ def read_bin(path, size, num_folds=NUM_FOLDS, num_threads=8):
           index_a=index_a,
           index_b=index_a + 1,
           is_same=is_same,
-          fold=contiguous_folds(num_pairs, num_folds),
+          fold=contiguous_folds(num_pairs, num_folds).astype(np.int32),
           landmarks=None))
 
 

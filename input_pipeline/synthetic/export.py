@@ -35,6 +35,7 @@ import shutil
 import numpy as np
 import tensorflow_datasets as tfds
 
+from aprn_jax.evaluation import verification
 from input_pipeline.readers import cfp
 from input_pipeline.readers import images as images_lib
 from input_pipeline.readers import insightface_bin
@@ -91,7 +92,8 @@ def write_bins(protocol_root, pixels, out, image_format="jpeg"):
   for protocol in cfp.PROTOCOLS:
     pairs = cfp.read_cfp(os.path.join(protocol_root, "cfp"), protocol)
     num_pairs = len(pairs.is_same)
-    if not np.array_equal(pairs.fold, insightface_bin.contiguous_folds(num_pairs)):
+    if not np.array_equal(pairs.fold,
+                          verification.contiguous_folds(num_pairs, insightface_bin.NUM_FOLDS)):
       raise ValueError(f"CFP-{protocol} folds are not {insightface_bin.NUM_FOLDS} equal "
                        f"contiguous blocks; a pack would change them")
     order = np.stack([pairs.index_a, pairs.index_b], axis=1).ravel()
