@@ -9,8 +9,13 @@ import resource
 import statistics
 import time
 
+from absl import flags
 import jax
 import numpy as np
+from ml_collections import config_flags
+
+from aprn_jax import models
+from input_pipeline import landmarks
 
 MIB = 2**20
 
@@ -22,6 +27,21 @@ PEAK_SOURCE = (
     "NVIDIA H100/H200 SXM datasheet, dense: bf16 tensor core 989.4 TFLOP/s, fp32 (no tensor "
     "core) 66.9 TFLOP/s. XLA's default float32 precision may run convolutions and matmuls on "
     "TF32 tensor cores (494.7 TFLOP/s dense), so fp32 utilisation can exceed 1.")
+
+
+def define_model_flags(batch_help, timed, num_classes_help="Identities of the classification "
+                       "head."):
+  """The flags of every model benchmark: --config, --batch_size, --steps, --warmup, --dtype,
+  --num_classes, --landmarks, --out. `timed` names what --steps counts ("steps of each kind")."""
+  config_flags.DEFINE_config_file("config", "configs/default.py", "Config file (configs/*.py).",
+                                  lock_config=True)
+  flags.DEFINE_integer("batch_size", None, batch_help)
+  flags.DEFINE_integer("steps", 10, f"Timed {timed}.")
+  flags.DEFINE_integer("warmup", 2, f"Untimed {timed} after compiling.")
+  flags.DEFINE_enum("dtype", None, list(models.DTYPES), "Overrides config.model.dtype.")
+  flags.DEFINE_integer("num_classes", 1000, num_classes_help)
+  flags.DEFINE_enum("landmarks", "ibug51", list(landmarks.SCHEMES), "Landmark scheme of D.")
+  flags.DEFINE_string("out", None, "Also append the JSON line to this file.")
 
 
 def emit(record, out_path=None):

@@ -28,15 +28,9 @@ from benchmarks import common
 from input_pipeline import landmarks
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/default.py", "Config file (configs/*.py).",
-                                lock_config=True)
-flags.DEFINE_integer("batch_size", None, "Images per call (default: config.eval.batch_size).")
-flags.DEFINE_integer("steps", 10, "Timed calls of each export.")
-flags.DEFINE_integer("warmup", 2, "Untimed calls of each export after compiling.")
-flags.DEFINE_enum("dtype", None, list(models.DTYPES), "Overrides config.model.dtype.")
-flags.DEFINE_integer("num_classes", 1000, "Identities of the (dropped) classification head.")
-flags.DEFINE_enum("landmarks", "ibug51", list(landmarks.SCHEMES), "Landmark scheme of D.")
-flags.DEFINE_string("out", None, "Also append the JSON line to this file.")
+common.define_model_flags("Images per call (default: config.eval.batch_size).",
+                          "calls of each export",
+                          "Identities of the (dropped) classification head.")
 
 PHASES = {"aprn": ("baseline", "aprn"), "baseline": ("baseline",)}
 

@@ -34,17 +34,10 @@ from benchmarks import common
 from input_pipeline import landmarks
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/default.py", "Config file (configs/*.py).",
-                                lock_config=True)
-flags.DEFINE_integer("batch_size", None, "Global batch (default: config.train.batch_size).")
+common.define_model_flags("Global batch (default: config.train.batch_size).",
+                          "steps of each kind")
 flags.DEFINE_integer("devices", None, "Local devices to use (default: all). On CPU, makes "
                      "this many fake host devices.")
-flags.DEFINE_integer("steps", 10, "Timed steps of each kind.")
-flags.DEFINE_integer("warmup", 2, "Untimed steps of each kind after compiling.")
-flags.DEFINE_enum("dtype", None, list(models.DTYPES), "Overrides config.model.dtype.")
-flags.DEFINE_integer("num_classes", 1000, "Identities of the classification head.")
-flags.DEFINE_enum("landmarks", "ibug51", list(landmarks.SCHEMES), "Landmark scheme of D.")
-flags.DEFINE_string("out", None, "Also append the JSON line to this file.")
 
 
 def random_batch(rng, num_devices, per_device, image_size, num_classes, num_landmarks):
