@@ -3,7 +3,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 import ml_collections
 import numpy as np
 import pytest
@@ -140,33 +139,3 @@ def test_embed_is_backbone_only_and_unit_norm():
                              rtol=1e-4, atol=1e-6)
   # The head is not needed: inference reads the backbone's variables only.
   assert set(inference.backbone_variables(variables)["params"]) == {"backbone"}
-
-
-@pytest.mark.parametrize("size", [1, 2, 3])
-def test_discriminator_small_map_conv_equals_nn_conv(size):
-  """D's im2col convolution (maps smaller than 3x3) has nn.Conv's parameters and outputs."""
-  from aprn_jax.models import discriminator
-  x = jax.random.normal(jax.random.key(0), (3, size, size, 8))
-  disc = discriminator.PoseDiscriminator(widths=(16, 12), num_landmarks=51, target_size=size)
-  variables = disc.init(jax.random.key(1), x, train=False)
-
-  class Reference(discriminator.PoseDiscriminator):
-    """The same D with every convolution an nn.Conv."""
-
-    @nn.compact
-    def __call__(self, x, train):
-      for i, width in enumerate(self.widths):
-        x = nn.Conv(width, (3, 3), padding=[(1, 1), (1, 1)], use_bias=False,
-                    name=f"conv{i + 1}")(x)
-        x = nn.relu(nn.BatchNorm(use_running_average=not train, name=f"bn{i + 1}")(x))
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=[(1, 1), (1, 1)])
-      x = nn.Dense(2 * self.num_landmarks, name="landmarks")(x.reshape((x.shape[0], -1)))
-      return x.reshape((-1, self.num_landmarks, 2))
-
-  reference = Reference(widths=(16, 12), num_landmarks=51, target_size=size)
-  expected = reference.init(jax.random.key(1), x, train=False)
-  assert jax.tree.structure(variables) == jax.tree.structure(expected)
-  for leaf, expected_leaf in zip(jax.tree.leaves(variables), jax.tree.leaves(expected)):
-    np.testing.assert_array_equal(leaf, expected_leaf)
-  np.testing.assert_allclose(disc.apply(variables, x, train=False),
-                             reference.apply(variables, x, train=False), rtol=1e-5, atol=1e-5)

@@ -14,7 +14,7 @@ import pytest
 from aprn_jax import train_state, train_step
 import tiny_setup
 
-DEVICES, STEPS = 2, 2
+DEVICES, STEPS = 2, 4
 LOSSES = ("identity_loss", "d_l1", "adversarial_l1")
 
 
@@ -123,12 +123,14 @@ def test_bfloat16_losses_track_float32(runs):
       np.testing.assert_allclose(m16[name], m32[name], rtol=5e-2,
                                  err_msg=f"{name} at step {step}")
   # From the same state and batch both steps move R's parameters the same way, up to the
-  # bfloat16 rounding of the gradients.
-  start, after32 = runs["states"]["float32"][:2]
-  after16 = runs["same_inputs"][0][0]
-  moved32, moved16 = (parameter_change(start, after) for after in (after32, after16))
-  cosine = moved32 @ moved16 / (np.linalg.norm(moved32) * np.linalg.norm(moved16))
-  assert cosine > 0.5, cosine  # unrelated updates would give about 0
+  # bfloat16 rounding of the gradients. BatchNorm over 4 images per device on maps of 1 to
+  # 4 pixels amplifies that rounding on some batches, so the cosine is averaged over steps.
+  cosines = []
+  states32 = runs["states"]["float32"]
+  for start, after32, (after16, _) in zip(states32, states32[1:], runs["same_inputs"]):
+    moved32, moved16 = (parameter_change(start, after) for after in (after32, after16))
+    cosines.append(moved32 @ moved16 / (np.linalg.norm(moved32) * np.linalg.norm(moved16)))
+  assert np.mean(cosines) > 0.6, cosines  # unrelated updates would give about 0
 
 
 def parameter_change(before, after):

@@ -11,6 +11,8 @@ from typing import Any, Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
+from aprn_jax.models import layers
+
 BLOCK_WIDTHS = ((32, 64), (64, 128), (96, 192), (128, 256), (160, 320))
 TAPS = ("block1", "block2", "block3", "block4", "block5", "last_conv")
 
@@ -24,8 +26,7 @@ class CasiaNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding="SAME", use_bias=False,
-                             dtype=self.dtype)
+    conv = functools.partial(layers.Conv, kernel_size=(3, 3), dtype=self.dtype)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=self.bn_momentum, epsilon=1e-5, dtype=self.dtype,
                              axis_name=self.axis_name)
@@ -37,6 +38,6 @@ class CasiaNet(nn.Module):
         x = nn.relu(norm(name=f"bn{i + 1}{j + 1}")(x))
       taps[f"block{i + 1}"] = x
       if i < last:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = layers.max_pool(x, (2, 2), (2, 2))
     taps["last_conv"] = x
     return jnp.mean(x, axis=(1, 2)), taps

@@ -17,6 +17,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from aprn_jax.models import layers
+
 STAGE_SIZES = {
     18: None,  # basic blocks are not part of the paper; deeper nets only.
     50: (3, 4, 6, 3),
@@ -64,14 +66,14 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, padding="SAME")
+    conv = functools.partial(layers.Conv, dtype=self.dtype)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=self.bn_momentum, epsilon=1e-5, dtype=self.dtype,
                              axis_name=self.axis_name)
     taps = {}
     x = conv(self.width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name="stem_conv")(x)
     x = nn.relu(norm(name="stem_bn")(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=[(1, 1), (1, 1)])
+    x = layers.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
     taps["stem"] = x
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
