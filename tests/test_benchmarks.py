@@ -115,3 +115,23 @@ def test_input_pipeline_reports_both_pipelines_next_to_the_step(tmp_path):
     assert record[f"{name}_over_aprn_step"] == pytest.approx(
         record[name]["images_per_s"] / record["train_step"]["aprn"]["images_per_s"])
   assert (tmp_path / "out.jsonl").read_text().strip() == proc.stdout.strip().splitlines()[-1]
+
+
+def test_layers_compares_the_cpu_forms_with_flax(tmp_path):
+  proc = subprocess.run([sys.executable, "benchmarks/layers.py", "--steps=1", "--scale=32",
+                         f"--out={tmp_path / 'out.jsonl'}"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  record = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert (tmp_path / "out.jsonl").read_text().strip() == proc.stdout.strip().splitlines()[-1]
+  cases = {case["name"]: case for case in record["cases"]}
+  assert len(cases) == 8
+  for name, case in cases.items():
+    assert case["speedup"] == pytest.approx(case["flax"]["step_s"] / case["layers"]["step_s"])
+    if "conv" in name:
+      # No padding tap is multiplied: the same FLOPs but for the gradient's adds of the
+      # kernel slices (a few % at these small batches), and the same count where the forms
+      # are the same.
+      flops, flax_flops = case["layers"]["flops"], case["flax"]["flops"]
+      assert flax_flops <= flops <= 1.1 * flax_flops, name
+      assert (flops == flax_flops) == ("same form" in name or "1x1" in name), name
