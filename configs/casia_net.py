@@ -16,7 +16,7 @@ def get_config():
   config = default.get_config()
   config.data.update(image_size=96, crop_size=96)
   config.model.update(backbone="casia_net", embedding_dim=320, head="softmax")
-  config.aprn.update(tap="last_conv", alpha=0.2)
+  config.aprn.update(tap="last_conv", alpha=0.2, d_widths=())  # Table 4: 3 x Conv3x3x320
   config.optim.update(lr=0.1, lr_decay_epochs=(20, 27, 29))
   config.train.update(batch_size=256, baseline_epochs=30, aprn_epochs=30,
                       log_every_steps=100, checkpoint_every_steps=2000)

@@ -17,7 +17,7 @@ def get_config():
   config.data.update(builder_config="large", image_size=224, crop_size=224)
   config.model.update(backbone="resnet", depth=101, stage_sizes=(), width=64,
                       embedding_dim=256, head="softmax", dtype="bfloat16")
-  config.aprn.update(tap="stage4", alpha=0.2)
+  config.aprn.update(tap="stage4", alpha=0.2, d_widths=())  # Table 1: D as wide as the tap
   config.optim.update(lr=0.01, lr_decay_epochs=(16, 18, 19))
   config.train.update(batch_size=256, baseline_epochs=20, aprn_epochs=20,
                       log_every_steps=100, checkpoint_every_steps=5000, keep_checkpoints=3)

@@ -12,6 +12,7 @@ def get_config():
   config = default.get_config()
   config.data.update(builder_config="tiny", image_size=32, crop_size=32)
   config.model.update(stage_sizes=(1, 1, 1, 1), width=4, embedding_dim=32)
+  config.aprn.update(d_widths=())  # Table 1 widths for every tap
   config.optim.update(lr=0.05, lr_decay_epochs=(4,))
   config.train.update(batch_size=16, baseline_epochs=2, aprn_epochs=1, log_every_steps=2,
                       checkpoint_every_steps=4, keep_checkpoints=2)

@@ -144,3 +144,16 @@ def test_overlay_draws_each_kind_where_it_belongs(tmp_path):
   assert at(1, 0.0, 0.5) == figures.COLOURS["mean_face"]
   assert at(1, 0.5, 0.5) == figures.COLOURS["truth"]
   assert at(1, 0.0, -0.5) == (0, 0, 0)
+
+
+def test_probes_keep_table_1_layers_per_tap_and_end_at_ds_width():
+  from aprn_jax.analysis import landmark_probe
+  from configs import default
+  config = default.get_config()
+  taps = ("stem", "stage2", "stage4")
+  config.aprn.d_widths = (128,)  # the default R's stage4 has 512 channels
+  widths = {tap: probe.widths for tap, probe in landmark_probe.make_probes(config, 51, taps)}
+  assert widths == {"stem": (16, 32, 64, 128), "stage2": (64, 128), "stage4": (128,)}
+  config.aprn.d_widths = ()
+  widths = {tap: probe.widths for tap, probe in landmark_probe.make_probes(config, 51, taps)}
+  assert widths == {"stem": (64, 128, 256, 512), "stage2": (256, 512), "stage4": (512,)}

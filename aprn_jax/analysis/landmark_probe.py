@@ -4,7 +4,9 @@ For each tap of the backbone a fresh landmark regressor is trained with L1 to th
 landmarks on the maps of the frozen backbone (eval mode: running BatchNorm statistics, no
 gradient into R). The regressor is the pose discriminator D that the APRN would put on that tap
 (Table 1 / Table 4 widths, built by `models.make_models`), the most faithful probe: its error at
-`config.aprn.tap` is what D could reach on the baseline. All taps' probes train together, on the
+`config.aprn.tap` is what D could reach on the baseline. Where `config.aprn.d_widths` sets D's
+widths, every tap's probe keeps Table 1 / Table 4's layers for that tap and ends at D's last
+width, so shallow taps still get the deeper regressor the paper gives them. All taps' probes train together, on the
 same batches and one backbone forward pass per step, with Adam (the paper does not name the
 probes' optimiser; Adam needs no per-tap learning-rate tuning). One departure from a fresh D:
 the output layer starts at zero weights and the training images' mean landmarks as bias, so a
@@ -92,6 +94,9 @@ def make_probes(config, num_landmarks, taps):
   for tap in taps:
     tap_config = ml_collections.ConfigDict(config.to_dict())
     tap_config.aprn.tap = tap
+    if config.aprn.get("d_widths"):
+      tap_config.aprn.d_widths = models.table_widths(config.model.backbone, tap,
+                                                     config.aprn.d_widths[-1])
     probes.append((tap, models.make_models(tap_config, num_classes=1,
                                            num_landmarks=num_landmarks)[1]))
   return tuple(probes)

@@ -58,6 +58,14 @@ def tap_names(model_cfg):
   return resnet.TAPS if model_cfg.backbone == "resnet" else casia_net.TAPS
 
 
+def table_widths(backbone, tap, last_width):
+  """D's widths on `tap` by Table 1 (ResNet) or Table 4 (CASIA-Net), ending at `last_width`
+  (the paper's: the channels of the backbone's last map)."""
+  if backbone == "resnet":
+    return discriminator.resnet_widths(tap, last_width)
+  return (last_width,) * 3  # Table 4: three Conv3x3x320.
+
+
 def make_models(config, *, num_classes, num_landmarks, axis_name=None):
   """(Recognizer, PoseDiscriminator) for `config.model` and `config.aprn`.
 
@@ -75,12 +83,7 @@ def make_models(config, *, num_classes, num_landmarks, axis_name=None):
   _, taps = jax.eval_shape(lambda x: backbone.init_with_output(jax.random.key(0), x, False)[0],
                            jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
   last = taps["stage4" if model_cfg.backbone == "resnet" else "last_conv"].shape
-  if aprn_cfg.get("d_widths"):
-    widths = tuple(aprn_cfg.d_widths)
-  elif model_cfg.backbone == "resnet":
-    widths = discriminator.resnet_widths(tap, last[-1])
-  else:
-    widths = (last[-1],) * 3  # Table 4: three Conv3x3x320.
+  widths = tuple(aprn_cfg.get("d_widths") or table_widths(model_cfg.backbone, tap, last[-1]))
   disc = discriminator.PoseDiscriminator(
       widths=widths, num_landmarks=num_landmarks, target_size=last[1],
       pool=aprn_cfg.get("d_pool", model_cfg.backbone == "resnet"), dtype=backbone.dtype,
