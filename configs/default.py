@@ -2,7 +2,7 @@
 
     python main.py --config=configs/default.py --workdir=/tmp/aprn_default
 
-Finishes on 2 CPU cores in about 7 minutes including data generation and evaluation, then
+Finishes on 2 CPU cores in about 6.5 minutes including data generation and evaluation, then
 prints baseline vs APRN on the synthetic copies of every benchmark (CFP, LFW, .bin packs,
 IJB-A, MegaFace, per-yaw Multi-PIE). Every other config
 starts from this one and overrides what differs; any field can also be overridden on the
@@ -83,7 +83,7 @@ def get_config():
   )
 
   # --mode=analyse: the paper's pose-invariance analyses on the saved checkpoints (see
-  # aprn_jax/analysis/analyse.py), about 7 minutes on 2 CPU cores, nearly all of it the
+  # aprn_jax/analysis/analyse.py), about 1 minute on 2 CPU cores, most of it the
   # probes. Like config.eval, it may change in an existing workdir.
   config.analysis = dict(
       probe_taps=(),              # Table 3 landmark probes; () = every tap of the backbone
