@@ -4,9 +4,9 @@
 
 Finishes on 2 CPU cores in about 6.5 minutes including data generation and evaluation, then
 prints baseline vs APRN on the synthetic copies of every benchmark (CFP, LFW, .bin packs,
-IJB-A, MegaFace, per-yaw Multi-PIE). Every other config
-starts from this one and overrides what differs; any field can also be overridden on the
-command line, e.g. `--config.aprn.alpha=0.3`.
+IJB-A, MegaFace, per-yaw Multi-PIE). Every other config starts from this one and overrides
+what differs; any field can also be overridden on the command line, e.g.
+`--config.aprn.alpha=0.3`.
 """
 import ml_collections
 
@@ -49,7 +49,8 @@ def get_config():
       adv_period=1,
       # () = Table 1 / Table 4 widths for the tap. Here D's Conv3x3 is 128 wide, not as wide
       # as the 512-channel tap: this R is 4 blocks deep, not 33, so a Table 1 D would have 3x
-      # R's parameters and half its FLOPs; 128 gives 0.8x and 12% (ResNet-101: 0.6x, 20%).
+      # the backbone's parameters and half R's training FLOPs; 128 gives 0.8x and 12%
+      # (ResNet-101's Table 1 D: 0.6x and 20%).
       d_widths=(128,),
       d_lr_scale=1.0,             # D's learning rate relative to config.optim's
   )

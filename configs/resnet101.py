@@ -5,9 +5,10 @@
         --config.data.stored_size=230 --config.data.data_dir=/data/tfds
 
 (manual_dir: insightface's train.rec + train.idx with a landmarks.csv, README "Your own
-faces"). Aligned faces stored at 230x230, random 224x224 crops, 20 epochs at LR 0.01 decayed 10x at epochs 16,
-18, 19 (baseline); APRN then fine-tunes from the baseline at a 10x smaller LR with alpha 0.2
-and D on stage4. 256-d embedding. bfloat16 activations (float32 parameters and losses).
+faces"). Aligned faces stored at 230x230, random 224x224 crops, 20 epochs at LR 0.01 decayed
+10x at epochs 16, 18, 19 (baseline); APRN then fine-tunes from the baseline at a 10x smaller LR
+with alpha 0.2 and D on stage4. 256-d embedding. bfloat16 activations (float32 parameters and
+losses).
 """
 from configs import default
 

@@ -3,16 +3,16 @@
 For each tap of the backbone a fresh landmark regressor is trained with L1 to the true
 landmarks on the maps of the frozen backbone (eval mode: running BatchNorm statistics, no
 gradient into R). The regressor is the pose discriminator D that the APRN would put on that tap
-(Table 1 / Table 4 widths, built by `models.make_models`), the most faithful probe: its error at
-`config.aprn.tap` is what D could reach on the baseline. Where `config.aprn.d_widths` sets D's
-widths, every tap's probe keeps Table 1 / Table 4's layers for that tap and ends at D's last
-width, so shallow taps still get the deeper regressor the paper gives them. All taps' probes train together, on the
-same batches and one backbone forward pass per step, with Adam (the paper does not name the
-probes' optimiser; Adam needs no per-tap learning-rate tuning). One departure from a fresh D:
-the output layer starts at zero weights and the training images' mean landmarks as bias, so a
-probe starts as the predict-the-mean baseline (`train_mean_l1`) and its steps go to reading
-pose from the map, not to finding the mean face; what it gains below that baseline is the pose
-the map holds.
+(Table 1 / Table 4 widths, built by `models.make_models`), the most faithful probe: its error
+at `config.aprn.tap` is what D could reach on the baseline. Where `config.aprn.d_widths` sets
+D's widths, every tap's probe keeps Table 1 / Table 4's layers for that tap and ends at D's
+last width, so shallow taps still get the deeper regressor the paper gives them. All taps'
+probes train together, on the same batches and one backbone forward pass per step, with Adam
+(the paper does not name the probes' optimiser; Adam needs no per-tap learning-rate tuning).
+One departure from a fresh D: the output layer starts at zero weights and the training images'
+mean landmarks as bias, so a probe starts as the predict-the-mean baseline (`train_mean_l1`)
+and its steps go to reading pose from the map, not to finding the mean face; what it gains
+below that baseline is the pose the map holds.
 
 Training images: the first `probe_train_images` of the training split (TFDS writes them in a
 shuffled order, so they mix identities and poses), centred crop, no mirror. Held-out images:
