@@ -30,14 +30,22 @@ def lr_schedule(optim_cfg, steps_per_epoch, update_period=1):
   return optax.piecewise_constant_schedule(optim_cfg.lr, boundaries)
 
 
-def make_optimizer(optim_cfg, steps_per_epoch, update_period=1):
-  """SGD with momentum and coupled weight decay (added to the gradient, as torch.optim.SGD)."""
-  if optim_cfg.name != "sgd":
-    raise ValueError(f"optimizer name={optim_cfg.name!r} is not supported; choose 'sgd'")
-  return optax.chain(
-      optax.add_decayed_weights(optim_cfg.weight_decay),
-      optax.sgd(lr_schedule(optim_cfg, steps_per_epoch, update_period),
-                momentum=optim_cfg.momentum))
+OPTIMIZERS = ("sgd", "adam")
+
+
+def make_optimizer(optim_cfg, steps_per_epoch, update_period=1, option="config.optim"):
+  """Weight decay added to the gradient (as torch.optim.SGD and torch.optim.Adam do), then
+  SGD with momentum (`name="sgd"`) or Adam (`"adam"`, betas 0.9 / 0.999; `momentum` unused),
+  with `lr_schedule`. `option` names the config field in errors."""
+  schedule = lr_schedule(optim_cfg, steps_per_epoch, update_period)
+  if optim_cfg.name == "sgd":
+    step = optax.sgd(schedule, momentum=optim_cfg.momentum)
+  elif optim_cfg.name == "adam":
+    step = optax.adam(schedule)
+  else:
+    raise ValueError(f"{option}.name={optim_cfg.name!r} is not an optimizer of this project; "
+                     f"choose one of {OPTIMIZERS}")
+  return optax.chain(optax.add_decayed_weights(optim_cfg.weight_decay), step)
 
 
 def init_variables(recognizer, discriminator, rng, image_size, tap):

@@ -8,7 +8,13 @@ side by the loss variant (losses.ROUTING) and pulled back through D twice: once 
 parameters (D's update), once to f (the pose gradient for R', with D's parameters held
 fixed — the stop-gradient of Eq. 2). The f-cotangent then joins the identity loss's in a single
 backward pass of R, so only the layers below the tap get the pose gradient. With
-`with_pose=False` (the baseline phase) D is not run at all.
+`with_pose=False` (the baseline phase) D is not run at all. With `train_recognizer=False`
+(D's warm-up at the start of the APRN phase) R runs forward only, as in training, and stays as
+it is (parameters, statistics, optimizer); D alone is trained.
+
+Metrics: identity loss and accuracy; with D, its L1 to the truth (`d_l1`) and to the mean face
+(`adversarial_l1`), the L1 of answering the mean face (`truth_to_mean_l1`) and their ratio
+`d_over_mean_face` (below 1: D beats the constant answer).
 
 The step is written for `jax.pmap(..., axis_name='batch')`: gradients and metrics are averaged
 across devices, and BatchNorm statistics are synchronised by the modules' `axis_name`, so a
@@ -34,10 +40,12 @@ def _is_on(step, period):
 
 def train_step(state, batch, mean_face, *, recognizer, discriminator, r_tx, d_tx,
                tap, variant="adversarial", alpha=0.2, d_period=1, adv_period=1,
-               with_pose=True):
+               with_pose=True, train_recognizer=True):
   """Returns (new_state, metrics). `batch`: image, label, landmarks; `mean_face`: (M, 2)."""
   images, labels, landmarks = batch["image"], batch["label"], batch["landmarks"]
   (d_true, d_mean), (r_true, r_mean) = losses.routing(variant)
+  if not (with_pose or train_recognizer):
+    raise ValueError("a step that trains neither R nor D does nothing")
 
   def recognizer_forward(params):
     out, new_vars = recognizer.apply(
@@ -47,8 +55,11 @@ def train_step(state, batch, mean_face, *, recognizer, discriminator, r_tx, d_tx
     aux = (new_vars["batch_stats"], out["plain_logits"])
     return (id_loss, out["taps"][tap]), aux
 
-  (id_loss, f), r_vjp, (r_stats, plain_logits) = jax.vjp(
-      recognizer_forward, state.recognizer["params"], has_aux=True)
+  if train_recognizer:
+    (id_loss, f), r_vjp, (r_stats, plain_logits) = jax.vjp(
+        recognizer_forward, state.recognizer["params"], has_aux=True)
+  else:  # D's warm-up: R's forward pass alone; its new statistics are dropped
+    (id_loss, f), (_, plain_logits) = recognizer_forward(state.recognizer["params"])
   metrics = {"identity_loss": id_loss,
              "accuracy": jnp.mean(jnp.argmax(plain_logits, -1) == labels)}
 
@@ -82,17 +93,22 @@ def train_step(state, batch, mean_face, *, recognizer, discriminator, r_tx, d_tx
                                 state.discriminator)
     new_d_opt = _select(d_on, d_opt, state.discriminator_opt)
 
-  (r_grads,) = r_vjp((jnp.ones_like(id_loss), f_cotangent))
-  r_grads = jax.lax.pmean(r_grads, AXIS)
-  r_updates, r_opt = r_tx.update(r_grads, state.recognizer_opt, state.recognizer["params"])
-  r_params = optax.apply_updates(state.recognizer["params"], r_updates)
+  new_recognizer, new_r_opt = state.recognizer, state.recognizer_opt
+  if train_recognizer:
+    (r_grads,) = r_vjp((jnp.ones_like(id_loss), f_cotangent))
+    r_grads = jax.lax.pmean(r_grads, AXIS)
+    r_updates, new_r_opt = r_tx.update(r_grads, state.recognizer_opt,
+                                       state.recognizer["params"])
+    new_recognizer = {"params": optax.apply_updates(state.recognizer["params"], r_updates),
+                      "batch_stats": r_stats}
 
   new_state = state.replace(
-      step=state.step + 1,
-      recognizer={"params": r_params, "batch_stats": r_stats},
-      discriminator=new_discriminator,
-      recognizer_opt=r_opt, discriminator_opt=new_d_opt)
-  return new_state, jax.lax.pmean(metrics, AXIS)
+      step=state.step + 1, recognizer=new_recognizer, discriminator=new_discriminator,
+      recognizer_opt=new_r_opt, discriminator_opt=new_d_opt)
+  metrics = jax.lax.pmean(metrics, AXIS)
+  if with_pose:  # a ratio of the batch means over all devices
+    metrics["d_over_mean_face"] = metrics["d_l1"] / metrics["truth_to_mean_l1"]
+  return new_state, metrics
 
 
 def pmap_train_step(**static):

@@ -5,7 +5,14 @@ checkpoints, `metrics.jsonl`, TensorBoard events and, once finished, `done.json`
 phase is not run again; an unfinished one resumes from its last checkpoint and, because every
 batch is a pure function of (seed, step) and the RNG is in the checkpoint, ends with exactly
 the parameters of an uninterrupted run. APRN starts from the baseline's final recognizer with
-the learning rate scaled by `config.train.aprn_lr_scale` and a fresh discriminator.
+the learning rate scaled by `config.train.aprn_lr_scale` and a fresh discriminator that
+answers the mean face. Its first `config.aprn.d_warmup_steps` steps train D alone on the
+frozen recognizer, so the adversarial term starts against a D that beats the constant answer;
+then `aprn_epochs` epochs of the full loss follow. D's optimizer is `config.aprn.d_optim`,
+independent of R's. Every random stream comes from `seeds` (seed, phase, purpose).
+
+Metric lines are logged at step 1, at the end of D's warm-up, every `log_every_steps` and at
+the last step; each averages the steps since the previous line.
 """
 import json
 import math
@@ -19,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
-from aprn_jax import checkpoints, models, train_state, train_step
+from aprn_jax import checkpoints, models, seeds, train_state, train_step
 from input_pipeline import preprocess
 
 PHASES = ("baseline", "aprn")
@@ -49,6 +56,14 @@ def check_train_config(config):
         f"config.train.checkpoint_every_steps={train.checkpoint_every_steps} must be a multiple "
         f"of config.train.log_every_steps={train.log_every_steps} (so a resumed run logs the "
         f"same metric windows)")
+  if config.aprn.d_warmup_steps < 0:
+    raise ValueError(f"config.aprn.d_warmup_steps={config.aprn.d_warmup_steps} must be >= 0")
+  for name in ("lr", "weight_decay"):
+    if config.aprn.d_optim[name] < 0:
+      raise ValueError(f"config.aprn.d_optim.{name}={config.aprn.d_optim[name]} must be >= 0")
+  if config.aprn.d_optim.name not in train_state.OPTIMIZERS:
+    raise ValueError(f"config.aprn.d_optim.name={config.aprn.d_optim.name!r} is not an "
+                     f"optimizer of this project; choose one of {train_state.OPTIMIZERS}")
   devices = jax.device_count()
   if train.batch_size % devices:
     raise ValueError(f"config.train.batch_size={train.batch_size} is not divisible by the "
@@ -62,13 +77,19 @@ def phase_optim(config, phase):
   return optim
 
 
+def warmup_steps(config, phase):
+  """Steps at the start of `phase` that train D alone (the APRN phase's D warm-up)."""
+  return config.aprn.d_warmup_steps if phase == "aprn" else 0
+
+
 def phase_steps(config, phase, num_examples):
+  """(steps per epoch, the phase's steps: D's warm-up, then its epochs)."""
   steps_per_epoch = num_examples // config.train.batch_size
   if steps_per_epoch == 0:
     raise ValueError(f"config.train.batch_size={config.train.batch_size} is larger than the "
                      f"{num_examples} training examples")
   epochs = config.train[f"{phase}_epochs"]
-  return steps_per_epoch, int(round(epochs * steps_per_epoch))
+  return steps_per_epoch, warmup_steps(config, phase) + int(round(epochs * steps_per_epoch))
 
 
 class Phase:
@@ -79,20 +100,39 @@ class Phase:
     self.dir = os.path.join(workdir, phase)
     self.recognizer, self.discriminator = models.make_models(
         config, num_classes=data.num_classes, num_landmarks=data.num_landmarks,
-        axis_name=train_step.AXIS)
+        mean_face=data.mean_face, axis_name=train_step.AXIS)
     self.steps_per_epoch, self.num_steps = phase_steps(config, phase, data.num_examples)
+    self.warmup_steps = warmup_steps(config, phase)
     optim = phase_optim(config, phase)
-    d_optim = ml_collections.ConfigDict(optim.to_dict())
-    d_optim.lr *= config.aprn.d_lr_scale
+    d_optim = config.aprn.d_optim
     self.r_schedule = train_state.lr_schedule(optim, self.steps_per_epoch)
     self.d_schedule = train_state.lr_schedule(d_optim, self.steps_per_epoch, config.aprn.d_period)
     self.r_tx = train_state.make_optimizer(optim, self.steps_per_epoch)
-    self.d_tx = train_state.make_optimizer(d_optim, self.steps_per_epoch, config.aprn.d_period)
-    self.step_fn = train_step.pmap_train_step(
+    self.d_tx = train_state.make_optimizer(d_optim, self.steps_per_epoch, config.aprn.d_period,
+                                           option="config.aprn.d_optim")
+    step_args = dict(
         recognizer=self.recognizer, discriminator=self.discriminator, r_tx=self.r_tx,
         d_tx=self.d_tx, tap=config.aprn.tap, variant=config.aprn.loss, alpha=config.aprn.alpha,
         d_period=config.aprn.d_period, adv_period=config.aprn.adv_period,
         with_pose=(phase == "aprn"))
+    self.step_fn = train_step.pmap_train_step(**step_args)
+    self.warmup_step_fn = (train_step.pmap_train_step(**step_args, train_recognizer=False)
+                           if self.warmup_steps else None)
+
+  def step_function(self, step):
+    """The pmapped step that runs global step `step` (0-based): D's warm-up or the full one."""
+    return self.warmup_step_fn if step < self.warmup_steps else self.step_fn
+
+  def learning_rates(self, step):
+    """(R's, D's) learning rate at global step `step`; each schedule counts its own updates."""
+    r_updates = max(step - self.warmup_steps, 0)
+    return (float(self.r_schedule(r_updates)),
+            float(self.d_schedule(step // self.config.aprn.d_period)))
+
+  def is_log_step(self, step_done):
+    """Whether a metric line is written after `step_done` steps."""
+    return (step_done % self.config.train.log_every_steps == 0
+            or step_done in (1, self.warmup_steps, self.num_steps))
 
   @property
   def done_path(self):
@@ -102,7 +142,7 @@ class Phase:
     return os.path.exists(self.done_path)
 
   def initial_state(self, init_recognizer=None):
-    rng = jax.random.key(self.config.seed + PHASES.index(self.name))
+    rng = seeds.key(self.config.seed, self.name, "init")
     state = train_state.create(self.recognizer, self.discriminator, self.r_tx, self.d_tx, rng,
                                self.config.data.image_size, self.config.aprn.tap)
     if init_recognizer is not None:
@@ -127,11 +167,11 @@ class Phase:
     return self.saved_recognizer()[0]
 
 
-def _log_line(phase, step, total, metrics, images_per_s, lrs, started, first_step):
+def _log_line(phase, step, total, metrics, images_per_s, lrs, started, first_step, prefix=""):
   elapsed = time.time() - started
   done = step - first_step
   eta = elapsed / max(done, 1) * (total - step)
-  parts = [f"[{phase}] step {step}/{total}", f"{images_per_s:.0f} img/s"]
+  parts = [f"{prefix}[{phase}] step {step}/{total}", f"{images_per_s:.0f} img/s"]
   parts += [f"{k} {v:.4f}" for k, v in metrics.items()]
   parts += [f"lr {lrs[0]:.2g}/{lrs[1]:.2g}", f"ETA {eta / 60:.1f} min"]
   print("  ".join(parts), flush=True)
@@ -147,8 +187,11 @@ def _drop_metrics_after(path, step):
   os.replace(path + ".tmp", path)
 
 
-def train_phase(phase: Phase, init_recognizer=None):
-  """Runs (or resumes) one phase to its last step; returns its final metrics."""
+def train_phase(phase: Phase, init_recognizer=None, log_prefix=None):
+  """Runs (or resumes) one phase to its last step; returns its final state.
+
+  log_prefix: (phase name, step, total) -> text put before each printed metric line.
+  """
   config, data = phase.config, phase.data
   lead = jax.process_index() == 0
   mngr = phase.checkpoint_manager()
@@ -162,7 +205,7 @@ def train_phase(phase: Phase, init_recognizer=None):
   batches = preprocess.train_batches(
       data.dataset_fn, num_examples=data.num_examples,
       global_batch_size=config.train.batch_size, crop_size=config.data.crop_size,
-      image_size=config.data.image_size, seed=config.seed + 1000 * PHASES.index(phase.name),
+      image_size=config.data.image_size, seed=seeds.data_seed(config.seed, phase.name),
       start_step=first_step, num_landmarks=data.num_landmarks)
   writer = tf.summary.create_file_writer(os.path.join(phase.dir, "tensorboard")) if lead else None
   metrics_path = os.path.join(phase.dir, "metrics.jsonl")
@@ -174,18 +217,18 @@ def train_phase(phase: Phase, init_recognizer=None):
     batch = next(batches)
     train_step.check_landmarks("batch['landmarks']", batch["landmarks"], data.num_landmarks)
     batch = {k: batch[k] for k in ("image", "label", "landmarks")}
-    state, metrics = phase.step_fn(state, batch, data.mean_face)
+    state, metrics = phase.step_function(step)(state, batch, data.mean_face)
     window.append(metrics)
     step_done = step + 1
     at_checkpoint = step_done % config.train.checkpoint_every_steps == 0
-    if step_done % config.train.log_every_steps == 0 or step_done == phase.num_steps:
+    if phase.is_log_step(step_done):
       last = {k: float(np.mean([m[k] for m in jax.device_get(window)])) for k in window[0]}
       if not all(math.isfinite(v) for v in last.values()):
         raise NonFiniteLossError(
             f"[{phase.name}] non-finite loss at step {step_done}: {last}. Training stopped; "
             f"the last good checkpoint (step {mngr.latest_step()}) in {phase.dir} is kept. "
             f"Lower config.optim.lr or check the data.")
-      lrs = (float(phase.r_schedule(step)), float(phase.d_schedule(step // config.aprn.d_period)))
+      lrs = phase.learning_rates(step)
       images_per_s = len(window) * config.train.batch_size / (time.time() - window_start)
       if lead:
         record = dict(step=step_done, **last, lr=lrs[0], d_lr=lrs[1], images_per_s=images_per_s)
@@ -196,7 +239,8 @@ def train_phase(phase: Phase, init_recognizer=None):
             if k != "step":
               tf.summary.write(k, tf.constant(v, tf.float32), metadata=_SCALAR)
         _log_line(phase.name, step_done, phase.num_steps, last, images_per_s, lrs, started,
-                  first_step)
+                  first_step,
+                  log_prefix(phase.name, step_done, phase.num_steps) if log_prefix else "")
       window, window_start = [], time.time()
     if at_checkpoint or step_done == phase.num_steps:
       checkpoints.save(mngr, state)
@@ -211,7 +255,7 @@ def train_phase(phase: Phase, init_recognizer=None):
   return state
 
 
-def train(config, data, workdir):
+def train(config, data, workdir, log_prefix=None):
   """Runs the configured phases in order; returns {phase: Phase} of the finished ones."""
   check_train_config(config)
   finished = {}
@@ -224,6 +268,6 @@ def train(config, data, workdir):
     if phase.is_done():
       print(f"[{name}] already finished in {phase.dir}; not run again", flush=True)
     else:
-      train_phase(phase, init_recognizer)
+      train_phase(phase, init_recognizer, log_prefix)
     finished[name] = phase
   return finished

@@ -17,6 +17,10 @@ def get_config():
   config.data.update(image_size=96, crop_size=96)
   config.model.update(backbone="casia_net", embedding_dim=320, head="softmax")
   config.aprn.update(tap="last_conv", alpha=0.2, d_widths=())  # Table 4: 3 x Conv3x3x320
+  # D: SGD on the fine-tune's schedule as the public code (no warm-up in the paper's recipe).
+  config.aprn.update(d_warmup_steps=0, d_optim=dict(name="sgd", lr=0.01, momentum=0.9,
+                                                    weight_decay=5e-4, lr_decay=0.1,
+                                                    lr_decay_epochs=(20, 27, 29)))
   config.optim.update(lr=0.1, lr_decay_epochs=(20, 27, 29))
   config.train.update(batch_size=256, baseline_epochs=30, aprn_epochs=30,
                       log_every_steps=100, checkpoint_every_steps=2000)

@@ -19,6 +19,10 @@ def get_config():
   config.model.update(backbone="resnet", depth=101, stage_sizes=(), width=64,
                       embedding_dim=256, head="softmax", dtype="bfloat16")
   config.aprn.update(tap="stage4", alpha=0.2, d_widths=())  # Table 1: D as wide as the tap
+  # D: SGD on the fine-tune's schedule as the public code (no warm-up in the paper's recipe).
+  config.aprn.update(d_warmup_steps=0, d_optim=dict(name="sgd", lr=0.001, momentum=0.9,
+                                                    weight_decay=5e-4, lr_decay=0.1,
+                                                    lr_decay_epochs=(16, 18, 19)))
   config.optim.update(lr=0.01, lr_decay_epochs=(16, 18, 19))
   config.train.update(batch_size=256, baseline_epochs=20, aprn_epochs=20,
                       log_every_steps=100, checkpoint_every_steps=5000, keep_checkpoints=3)

@@ -29,7 +29,8 @@ the epoch, drops the first examples before they are decoded or augmented, and yi
 the batches an uninterrupted run would. The buffer holds min(shuffle_buffer_size,
 num_examples) examples; TFDS writes examples in a shuffled order, so a buffer much smaller
 than the data set still mixes identities. Each epoch is its own tf.data pipeline (the buffer
-refills at epoch boundaries).
+refills at epoch boundaries: `aprn_jax.data` keeps small data sets decoded in memory, so that
+takes a fraction of a second). Pipelines run without tf.data's autotuning (`fixed_parallelism`).
 
 Multi-process: every process reads the whole shuffled order and keeps, from each global batch,
 its contiguous slice [process_index * B, (process_index + 1) * B) with B = global batch /
@@ -52,6 +53,21 @@ POSE_ANGLES = ("yaw", "pitch", "roll")
 MIRRORED_ANGLES = ("yaw", "roll")  # negated by a horizontal mirror
 
 DatasetFn = Callable[[], tf.data.Dataset]
+
+
+PREFETCH_BATCHES = 2
+
+
+def fixed_parallelism(dataset):
+  """`dataset` without tf.data's autotuning (AUTOTUNE maps then use every core).
+
+  Destroying an autotuned iterator waits for its optimisation thread, whose sleep grows to a
+  minute; the wait holds Python's lock, so every finished epoch (or evaluation pass) froze the
+  process for up to 57 s on the 2-core development machine (measured with py-spy).
+  """
+  options = tf.data.Options()
+  options.autotune.enabled = False
+  return dataset.with_options(options)
 
 
 def hide_gpus_from_tensorflow():
@@ -201,14 +217,23 @@ def _split_devices(batch, local_device_count):
           for key, value in batch.items()}
 
 
+def _seed_words(seed):
+  """`seed` (an int, or a tuple of ints such as (seed, phase, purpose)) as a tuple of ints."""
+  words = (seed,) if isinstance(seed, (int, np.integer)) else tuple(seed)
+  if not words or any(not isinstance(w, (int, np.integer)) or w < 0 for w in words):
+    raise ValueError(f"seed must be an int >= 0 or a non-empty tuple of them, got {seed!r}")
+  return tuple(int(w) for w in words)
+
+
 def _epoch_seeds(seed, epoch):
-  """The epoch's shuffle seed and augmentation key prefix: two 63-bit ints of (seed, epoch)."""
-  words = np.random.SeedSequence([seed, epoch]).generate_state(2, np.uint64) >> np.uint64(1)
+  """The epoch's shuffle seed and augmentation key prefix: two 63-bit ints of (*seed, epoch)."""
+  entropy = [*_seed_words(seed), epoch]
+  words = np.random.SeedSequence(entropy).generate_state(2, np.uint64) >> np.uint64(1)
   return int(words[0]), int(words[1])
 
 
 def train_batches(dataset_fn: DatasetFn, *, num_examples: int, global_batch_size: int,
-                  crop_size: int, seed: int, image_size: int | None = None,
+                  crop_size: int, seed, image_size: int | None = None,
                   start_step: int = 0, flip: bool = True, shuffle_buffer_size: int = 10_000,
                   num_landmarks: int | None = None, process_index: int | None = None,
                   process_count: int | None = None,
@@ -216,8 +241,8 @@ def train_batches(dataset_fn: DatasetFn, *, num_examples: int, global_batch_size
   """Endless training batches from global step `start_step` on (see the module docstring).
 
   Each epoch uses num_examples // global_batch_size global batches (the last partial batch
-  is dropped). Yields numpy dicts: image float32 (D, b, S, S, 3) in [-1, 1], label int32
-  (D, b), landmarks float32 (D, b, M, 2) in [-1, 1], plus visibility / yaw / pitch / roll
+  is dropped). `seed`: an int or a tuple of ints (`aprn_jax.seeds.data_seed`). Yields
+  numpy dicts: image float32 (D, b, S, S, 3) in [-1, 1], label int32 (D, b), landmarks float32 (D, b, M, 2) in [-1, 1], plus visibility / yaw / pitch / roll
   when the data has them; D = local_device_count, b = global batch / processes / D,
   S = image_size. `process_index`, `process_count` and `local_device_count` default to
   JAX's.
@@ -228,8 +253,9 @@ def train_batches(dataset_fn: DatasetFn, *, num_examples: int, global_batch_size
   if num_examples < global_batch_size:
     raise ValueError(f"num_examples {num_examples} is smaller than global_batch_size "
                      f"{global_batch_size}: an epoch would have no batch")
-  if seed < 0 or start_step < 0:
-    raise ValueError(f"seed and start_step must be >= 0, got {seed} and {start_step}")
+  _seed_words(seed)
+  if start_step < 0:
+    raise ValueError(f"start_step must be >= 0, got {start_step}")
   _check_dataset(dataset_fn(), num_examples=num_examples, crop_size=crop_size,
                  num_landmarks=num_landmarks, required=("image", "label", "landmarks"))
   steps_per_epoch = num_examples // global_batch_size
@@ -250,7 +276,7 @@ def train_batches(dataset_fn: DatasetFn, *, num_examples: int, global_batch_size
     dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     dataset = dataset.batch(process_batch, drop_remainder=True)
     dataset = dataset.map(lambda batch: _split_devices(batch, local_device_count))
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return fixed_parallelism(dataset.prefetch(PREFETCH_BATCHES))
 
   def batches():
     epoch, first_step = divmod(start_step, steps_per_epoch)
@@ -298,4 +324,4 @@ def eval_batches(dataset_fn: DatasetFn, *, num_examples: int, global_batch_size:
   dataset = dataset.concatenate(tf.data.Dataset.from_tensors(padding).repeat())
   dataset = dataset.take(num_batches * process_batch).batch(process_batch)
   dataset = dataset.map(lambda batch: _split_devices(batch, local_device_count))
-  return dataset.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+  return fixed_parallelism(dataset.prefetch(PREFETCH_BATCHES)).as_numpy_iterator()

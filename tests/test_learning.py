@@ -66,7 +66,9 @@ def config(variant):
   return ml_collections.ConfigDict(dict(
       model=dict(backbone="resnet", stage_sizes=(1, 1, 1, 1), width=4, embedding_dim=16,
                  head="softmax"),
-      aprn=dict(tap=TAP, loss=variant, alpha=0.2, d_widths=(16,), d_lr_scale=10.0),
+      aprn=dict(tap=TAP, loss=variant, alpha=0.2, d_widths=(16,),
+                d_optim=dict(name="sgd", lr=0.5, momentum=0.9, weight_decay=5e-3,
+                             lr_decay=0.1, lr_decay_epochs=())),
       data=dict(image_size=SIZE),
       optim=dict(name="sgd", lr=0.05, momentum=0.9, weight_decay=5e-3, lr_decay=0.1,
                  lr_decay_epochs=(0.8 * STEPS,))))  # settles the BatchNorm statistics
@@ -86,9 +88,7 @@ def train(variant, batches, mean_face):
   cfg = config(variant)
   recognizer, disc = build(variant, axis_name=train_step.AXIS)
   r_tx = train_state.make_optimizer(cfg.optim, steps_per_epoch=1)
-  d_optim = ml_collections.ConfigDict(cfg.optim.to_dict())
-  d_optim.lr *= cfg.aprn.d_lr_scale
-  d_tx = train_state.make_optimizer(d_optim, steps_per_epoch=1)
+  d_tx = train_state.make_optimizer(cfg.aprn.d_optim, steps_per_epoch=1)
   state = train_state.create(recognizer, disc, r_tx, d_tx, jax.random.key(SEED), SIZE, TAP)
   static = dict(recognizer=recognizer, discriminator=disc, r_tx=r_tx, d_tx=d_tx, tap=TAP,
                 variant=variant, alpha=cfg.aprn.alpha)

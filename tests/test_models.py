@@ -139,3 +139,22 @@ def test_embed_is_backbone_only_and_unit_norm():
                              rtol=1e-4, atol=1e-6)
   # The head is not needed: inference reads the backbone's variables only.
   assert set(inference.backbone_variables(variables)["params"]) == {"backbone"}
+
+
+def test_untrained_discriminator_answers_the_mean_face():
+  """Bias = the mean face, kernel 0.01 x flax's default: the output is the mean face up to a
+  small deviation, for any feature map; a mean face of the wrong size is refused."""
+  config = make_config(depth=50, image_size=64, stage_sizes=(1, 1, 1, 1), width=8)
+  mean_face = np.random.RandomState(0).uniform(-0.6, 0.6, (51, 2)).astype(np.float32)
+  _, disc = models.make_models(config, num_classes=10, num_landmarks=51, mean_face=mean_face)
+  features = jax.random.normal(jax.random.key(1), (16, 2, 2, 256)) * 3.0
+  answer, variables = disc.init_with_output(jax.random.key(2), features, False)
+  np.testing.assert_array_equal(variables["params"]["landmarks"]["bias"], mean_face.ravel())
+  assert np.abs(np.asarray(answer) - mean_face).mean() < 0.02
+  _, plain = models.make_models(config, num_classes=10, num_landmarks=51)
+  assert np.abs(np.asarray(plain.init_with_output(jax.random.key(2), features, False)[0])
+                ).mean() < 0.02  # no mean face: zeros
+  _, wrong = models.make_models(config, num_classes=10, num_landmarks=51,
+                                mean_face=mean_face[:40])
+  with pytest.raises(ValueError, match="mean face has 40 points; expected 51"):
+    wrong.init(jax.random.key(2), features, False)

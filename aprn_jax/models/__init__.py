@@ -8,6 +8,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from aprn_jax.models import casia_net, discriminator, heads, resnet
 
@@ -66,9 +67,10 @@ def table_widths(backbone, tap, last_width):
   return (last_width,) * 3  # Table 4: three Conv3x3x320.
 
 
-def make_models(config, *, num_classes, num_landmarks, axis_name=None):
+def make_models(config, *, num_classes, num_landmarks, mean_face=None, axis_name=None):
   """(Recognizer, PoseDiscriminator) for `config.model` and `config.aprn`.
 
+  `mean_face` (M, 2): the frontal mean face in the network frame, D's initial answer.
   `axis_name` synchronises BatchNorm statistics across the devices of a pmap.
   """
   model_cfg, aprn_cfg = config.model, config.aprn
@@ -86,6 +88,8 @@ def make_models(config, *, num_classes, num_landmarks, axis_name=None):
   widths = tuple(aprn_cfg.get("d_widths") or table_widths(model_cfg.backbone, tap, last[-1]))
   disc = discriminator.PoseDiscriminator(
       widths=widths, num_landmarks=num_landmarks, target_size=last[1],
-      pool=aprn_cfg.get("d_pool", model_cfg.backbone == "resnet"), dtype=backbone.dtype,
+      pool=aprn_cfg.get("d_pool", model_cfg.backbone == "resnet"),
+      mean_face=None if mean_face is None else tuple(map(tuple, np.asarray(mean_face).tolist())),
+      dtype=backbone.dtype,
       axis_name=axis_name)
   return recognizer, disc

@@ -16,6 +16,11 @@ parameters for M = 51.
 
 Convolutions and the pool are `layers.Conv` and `layers.max_pool`: flax's parameters and
 results, in forms that are fast on XLA:CPU (D on a 2x2 map is matrix products).
+
+Initialisation (our choice; the paper does not say): the dense layer's bias is the frontal mean
+face and its kernel is flax's default scaled by `output_kernel_scale` (0.01), so an untrained D
+answers (almost) the mean face: its L1 starts at the mean face's, not at the 1.0 or more of a
+random regressor, and the adversarial gradient it sends to R starts small.
 """
 import functools
 from typing import Any, Sequence
@@ -32,6 +37,8 @@ class PoseDiscriminator(nn.Module):
   num_landmarks: int
   target_size: int
   pool: bool = True
+  mean_face: Any = None           # (M, 2) initial answer (tuple of pairs); None: zeros
+  output_kernel_scale: float = 0.01
   dtype: Any = jnp.float32
   bn_momentum: float = 0.9
   axis_name: Any = None
@@ -49,8 +56,25 @@ class PoseDiscriminator(nn.Module):
     if self.pool:
       x = layers.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
     x = x.reshape((x.shape[0], -1))
-    x = nn.Dense(2 * self.num_landmarks, dtype=self.dtype, name="landmarks")(x)
+    x = nn.Dense(2 * self.num_landmarks, dtype=self.dtype, name="landmarks",
+                 kernel_init=_scaled(nn.initializers.lecun_normal(), self.output_kernel_scale),
+                 bias_init=self._mean_face_bias)(x)
     return x.astype(jnp.float32).reshape((-1, self.num_landmarks, 2))
+
+
+  def _mean_face_bias(self, key, shape, dtype=jnp.float32):
+    del key
+    if self.mean_face is None:
+      return jnp.zeros(shape, dtype)
+    bias = jnp.asarray(self.mean_face, dtype).reshape(-1)
+    if bias.shape != tuple(shape):
+      raise ValueError(f"the discriminator's mean face has {bias.size // 2} points; expected "
+                       f"{self.num_landmarks}")
+    return bias
+
+
+def _scaled(init, factor):
+  return lambda key, shape, dtype=jnp.float32: init(key, shape, dtype) * factor
 
 
 def resnet_widths(tap, last_channels):
