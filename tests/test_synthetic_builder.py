@@ -80,15 +80,18 @@ def test_labels_poses_and_visibility(tiny):
   assert sorted(test_bins) == YAW_BINS
 
 
-def test_train_and_test_identities_are_different_people(tiny):
-  config = tiny[0].builder_config
-  train_people = {faces.sample_identity(builder_lib._identity_seed(config, "train", i))
-                  for i in range(config.num_train_identities)}
-  test_people = {faces.sample_identity(builder_lib._identity_seed(config, "test", i))
-                 for i in range(config.num_test_identities)}
-  assert len(train_people) == config.num_train_identities
-  assert len(test_people) == config.num_test_identities
-  assert not train_people & test_people
+@pytest.mark.parametrize("config_name", ["tiny", "default"])
+def test_train_validation_and_test_identities_are_different_people(config_name):
+  config = builder_lib.resolve_config(config_name)
+  counts = {"train": config.num_train_identities, "test": config.num_test_identities,
+            "validation": config.num_validation_identities}
+  people = {split: {faces.sample_identity(builder_lib._identity_seed(config, split, i))
+                    for i in range(count)} for split, count in counts.items()}
+  for split, count in counts.items():
+    assert len(people[split]) == count  # no person twice within a split
+  assert not people["train"] & people["test"]
+  assert not people["train"] & people["validation"]
+  assert not people["test"] & people["validation"]
 
 
 def test_mean_face_is_the_mean_of_frontal_training_landmarks(tiny):
@@ -132,7 +135,11 @@ def test_bad_configs_raise():
     builder_lib.make_config("odd", image_size=32, num_train_identities=100,
                             num_test_identities=25)
   with pytest.raises(ValueError, match="num_test_identities"):
-    builder_lib.make_config("few", image_size=32, num_train_identities=10)
+    builder_lib.make_config("many", image_size=32, num_train_identities=10,
+                            num_test_identities=1000)  # subject folders have 3 digits
+  with pytest.raises(ValueError, match="num_validation_identities=15 must be 0 or a multiple"):
+    builder_lib.make_config("val", image_size=32, num_train_identities=10,
+                            num_validation_identities=15)
   with pytest.raises(ValueError, match="image_size"):
     builder_lib.make_config("small", image_size=8, num_train_identities=100)
   with pytest.raises(ValueError, match="taken by a built-in"):

@@ -139,10 +139,22 @@ def _load(path, size):
   return _decode(path, size, f"image file {path}")
 
 
+def _on_threads(fn, items, num_threads):
+  """[fn(item) for item in items], computed on `num_threads` threads in contiguous chunks
+  (one task per chunk: a task per image would cost more than decoding a small one)."""
+  items = list(items)
+  if not items:
+    return []
+  chunk = -(-len(items) // num_threads)
+  with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
+    parts = pool.map(lambda start: [fn(item) for item in items[start:start + chunk]],
+                     range(0, len(items), chunk))
+    return [value for part in parts for value in part]
+
+
 def _load_all(paths, size, num_threads):
   """(uint8 (N, size, size, 3) images, [(width, height)] of the files) on threads."""
-  with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
-    loaded = list(pool.map(lambda path: _load(path, size), paths))
+  loaded = _on_threads(lambda path: _load(path, size), paths, num_threads)
   images = np.zeros((len(loaded), size, size, 3), np.uint8)
   for i, (image, _) in enumerate(loaded):
     images[i] = image
@@ -160,6 +172,23 @@ def decode_image(data, size, name="image bytes"):
   `name` (e.g. `image 7 of lfw.bin`) goes into the error raised when they do not decode.
   """
   return _decode(io.BytesIO(data), size, name)[0]
+
+
+def decode_images(encoded, size, names, num_threads=8):
+  """Encoded images (bytes) as a uint8 (N, size, size, 3) array, as `decode_image` each;
+  names[i] goes into the error of image i."""
+  decoded = _on_threads(lambda item: decode_image(item[0], size, item[1]),
+                        zip(encoded, names), num_threads)
+  return np.stack(decoded) if decoded else np.zeros((0, size, size, 3), np.uint8)
+
+
+def read_file_bytes(path):
+  """The bytes of an image file, or FileNotFoundError naming it."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"image file not found: {path}")
+  with open(path, "rb") as f:
+    return f.read()
 
 
 def load_images(paths, size, num_threads=8):

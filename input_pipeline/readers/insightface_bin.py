@@ -10,7 +10,6 @@ N % 10 blocks one pair longer.
 Only the types a pack holds are unpickled (numpy arrays, bytes, lists, booleans); a pickle
 that names anything else is refused, so a pack cannot run code when read.
 """
-import concurrent.futures
 import dataclasses
 import io
 import os
@@ -117,14 +116,13 @@ def read_bin(path, size, num_folds=NUM_FOLDS, num_threads=8):
     raise ValueError(f"{path}: {len(bins)} images make {len(bins) // 2} pairs, but "
                      f"issame_list has {len(is_same)} entries")
   encoded = [_encoded(path, i, item) for i, item in enumerate(bins)]
-  with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
-    decoded = list(pool.map(
-        lambda i: images_lib.decode_image(encoded[i], size, f"image {i} of {path}"),
-        range(len(encoded))))
+  decoded = images_lib.decode_images(encoded, size,
+                                     [f"image {i} of {path}" for i in range(len(encoded))],
+                                     num_threads)
   num_pairs = len(is_same)
   index_a = np.arange(0, 2 * num_pairs, 2, dtype=np.int32)
   return Pack(
-      images=(np.stack(decoded) if decoded else np.zeros((0, size, size, 3), np.uint8)),
+      images=decoded,
       pairs=cfp.VerificationPairs(
           paths=[f"{path}#{i}" for i in range(len(encoded))],
           index_a=index_a,
@@ -157,7 +155,16 @@ def write_bin(path, images, issame, image_format="jpeg", quality=95):
                      f"{images.shape}")
   if len(images) != 2 * len(issame):
     raise ValueError(f"{len(images)} images for {len(issame)} pairs; need 2 per pair")
-  bins = [encode_image(image, image_format, quality) for image in images]
+  write_encoded_bin(path, [encode_image(image, image_format, quality) for image in images],
+                    issame)
+
+
+def write_encoded_bin(path, bins, issame):
+  """Writes a pack of 2N encoded images (bytes, pair i = 2i, 2i + 1) and N flags, pickled as
+  `write_bin` does."""
+  issame = [bool(flag) for flag in np.asarray(issame, bool).ravel()]
+  if len(bins) != 2 * len(issame):
+    raise ValueError(f"{len(bins)} images for {len(issame)} pairs; need 2 per pair")
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "wb") as f:
-    pickle.dump((bins, issame), f, protocol=4)
+    pickle.dump(([bytes(b) for b in bins], issame), f, protocol=4)

@@ -5,15 +5,17 @@
         download_config=tfds.download.DownloadConfig(try_download_gcs=False))
 
 Configs (stored image size; the network input is the centre or a random crop, 8/9 of it):
-- `tiny`: 36x36 (32x32 crops), 40 training identities x 8 images, 20 test identities; builds
-  in seconds, for tests and smoke runs.
-- `default`: 72x72 (64x64 crops), 300 x 20 training images, 80 test identities; CPU training.
-- `large`: 126x126 (112x112 crops), 1000 x 30 training images, 200 test identities.
+- `tiny`: 36x36 (32x32 crops), 40 training identities x 8 images, 20 test and 20 validation
+  identities; builds in seconds, for tests and smoke runs.
+- `default`: 72x72 (64x64 crops), 300 x 20 training images, 650 test identities (CFP's
+  power: 10 folds of 455 same and 455 different pairs per protocol), 500 validation ones;
+  CPU training.
+- `large`: 126x126 (112x112 crops), 1000 x 30 training images, 650 test, 500 validation.
 Other sizes: `SyntheticFaces(config=make_config("mine", image_size=..., ...))`.
 
-Features: `image` (S, S, 3) uint8 PNG; `label` int64 (training identities 0..N_train-1; the
-test split numbers its own identities 0..N_test-1, subject N of the protocol files is label
-N - 1); `landmarks` (51, 2) float32 pixels (iBUG-51 order, convention of
+Features: `image` (S, S, 3) uint8 PNG; `label` int64 (training identities 0..N_train-1, the
+classifier's classes; the test split numbers its own identities 0..N_test-1, subject N of the
+protocol files is label N - 1, so the ClassLabel holds max(N_train, N_test) names); `landmarks` (51, 2) float32 pixels (iBUG-51 order, convention of
 `input_pipeline.landmarks`); `visibility` (51,) bool (False where the head hides the point);
 `yaw`, `pitch`, `roll` float32 degrees (conventions of `renderer`: yaw > 0 turns the face to
 the image's right); `file_name`: for the test split, the image's path in the protocol tree
@@ -25,8 +27,10 @@ the images within |yaw| < 22.5, 4% at |yaw| >= 67.5, so profiles are rare in tra
 are in the data the paper trains on;
 `test`: the images of the evaluation protocols (`protocols`), per identity 10 near-frontal
 (|yaw| <= 8) and 4 profile (|yaw| >= 75) CFP images, one frontal Multi-PIE gallery image and
-probes at all 13 bins under `illuminations` fixed lights. Training and test identities are
-different people (different seed streams).
+probes at all 13 bins under `illuminations` fixed lights. The validation identities have the
+same protocol images; they are not a TFDS split but rendered when first asked for
+(`protocols.ensure(builder, "validation")`), so runs that do not tune never pay for them.
+Training, test and validation identities are different people (different seed streams).
 
 Every image is a pure function of (config seed, split, identity, image index), so a config
 builds to the same bytes every time (with the same numpy on the same kind of CPU; elsewhere
@@ -56,8 +60,18 @@ _TRAIN_BIN_WEIGHTS = {0: 1.0, 15: 1.0, 30: 0.8, 45: 0.4, 60: 0.2, 75: 0.03, 90: 
 FRONTAL_MAX_YAW = 8.0
 PROFILE_MIN_YAW = 75.0
 CFP_FRONTAL, CFP_PROFILE = 10, 4
-_SPLIT_STREAMS = {"train": 0, "test": 1}
+_SPLIT_STREAMS = {"train": 0, "test": 1, "validation": 2}
+PROTOCOL_SPLITS = ("test", "validation")  # identities with CFP and Multi-PIE protocol images
+MAX_PROTOCOL_IDENTITIES = 999  # subject folders are 3 digits, as CFP's
 _PROGRESS_EVERY_S = 5.0
+
+
+def _protocol_count_ok(count):
+  return (2 * NUM_FOLDS <= count <= MAX_PROTOCOL_IDENTITIES and count % NUM_FOLDS == 0)
+
+
+_PROTOCOL_COUNT_RULE = (f"a multiple of {NUM_FOLDS} from {2 * NUM_FOLDS} (two per fold) to "
+                        f"{MAX_PROTOCOL_IDENTITIES // NUM_FOLDS * NUM_FOLDS}")
 
 
 @dataclasses.dataclass(eq=False)
@@ -65,8 +79,9 @@ class SyntheticFacesConfig(tfds.core.BuilderConfig):
   """A synthetic_faces variant.
 
   image_size: side of the stored square images; num_train_identities x images_per_identity
-  training images; num_test_identities: test people (a multiple of 10: the CFP folds,
-  at most num_train_identities); illuminations: fixed lights of the Multi-PIE probes (1..4);
+  training images; num_test_identities: test people (a multiple of 10: the CFP folds);
+  num_validation_identities: people of the validation protocols (0, or as the test count),
+  for tuning; illuminations: fixed lights of the Multi-PIE probes (1..4);
   seed: the data set's seed; supersample: rays per pixel per axis; workers: rendering
   processes (does not change the data).
   """
@@ -74,6 +89,7 @@ class SyntheticFacesConfig(tfds.core.BuilderConfig):
   num_train_identities: int = 300
   images_per_identity: int = 20
   num_test_identities: int = 80
+  num_validation_identities: int = 0
   illuminations: int = 2
   seed: int = 0
   supersample: int = 2
@@ -84,9 +100,9 @@ class SyntheticFacesConfig(tfds.core.BuilderConfig):
         "image_size": self.image_size >= 16,
         "num_train_identities": self.num_train_identities >= 1,
         "images_per_identity": self.images_per_identity >= 1,
-        "num_test_identities": (self.num_test_identities >= 2 * NUM_FOLDS
-                                and self.num_test_identities % NUM_FOLDS == 0
-                                and self.num_test_identities <= self.num_train_identities),
+        "num_test_identities": _protocol_count_ok(self.num_test_identities),
+        "num_validation_identities": (self.num_validation_identities == 0
+                                      or _protocol_count_ok(self.num_validation_identities)),
         "illuminations": 1 <= self.illuminations < len(renderer.ILLUMINATIONS),
         "supersample": self.supersample >= 1,
         "workers": self.workers >= 1,
@@ -95,9 +111,8 @@ class SyntheticFacesConfig(tfds.core.BuilderConfig):
         "image_size": ">= 16",
         "num_train_identities": ">= 1",
         "images_per_identity": ">= 1",
-        "num_test_identities": (f"a multiple of {NUM_FOLDS}, at least {2 * NUM_FOLDS} "
-                                f"(two per fold) and at most "
-                                f"num_train_identities ({self.num_train_identities})"),
+        "num_test_identities": _PROTOCOL_COUNT_RULE,
+        "num_validation_identities": f"0 or {_PROTOCOL_COUNT_RULE}",
         "illuminations": f"in 1..{len(renderer.ILLUMINATIONS) - 1}",
         "supersample": ">= 1",
         "workers": ">= 1",
@@ -115,19 +130,25 @@ class SyntheticFacesConfig(tfds.core.BuilderConfig):
 BUILDER_CONFIGS = (
     SyntheticFacesConfig(name="tiny", description="36x36, 40 x 8 training images",
                          image_size=36, num_train_identities=40, images_per_identity=8,
-                         num_test_identities=20, illuminations=1, supersample=1, workers=1),
+                         num_test_identities=20, num_validation_identities=20,
+                         illuminations=1, supersample=1, workers=1),
+    # CFP's statistical power: 650 test people, 455 same + 455 different pairs per fold;
+    # one Multi-PIE probe per person and yaw bin, so a per-yaw rank-1 has a standard error
+    # of at most sqrt(0.25 / 650) = 1.96 points.
     SyntheticFacesConfig(name="default", description="72x72, 300 x 20 training images",
                          image_size=72, num_train_identities=300, images_per_identity=20,
-                         num_test_identities=80, illuminations=2),
+                         num_test_identities=650, num_validation_identities=500,
+                         illuminations=1),
     SyntheticFacesConfig(name="large", description="126x126, 1000 x 30 training images",
                          image_size=126, num_train_identities=1000, images_per_identity=30,
-                         num_test_identities=200, illuminations=4),
+                         num_test_identities=650, num_validation_identities=500,
+                         illuminations=1),
 )
 
 
 def make_config(name, image_size, num_train_identities, images_per_identity=20,
-                num_test_identities=None, illuminations=2, seed=0, supersample=2,
-                workers=2):
+                num_test_identities=None, num_validation_identities=0, illuminations=2,
+                seed=0, supersample=2, workers=2):
   """A custom config (pass it as `SyntheticFaces(config=...)`); `name` names its folder.
 
   num_test_identities defaults to a tenth of the training identities, rounded up to a
@@ -143,7 +164,8 @@ def make_config(name, image_size, num_train_identities, images_per_identity=20,
       name=name, description=f"{image_size}x{image_size}, custom",
       image_size=image_size, num_train_identities=num_train_identities,
       images_per_identity=images_per_identity, num_test_identities=num_test_identities,
-      illuminations=illuminations, seed=seed, supersample=supersample, workers=workers)
+      num_validation_identities=num_validation_identities, illuminations=illuminations,
+      seed=seed, supersample=supersample, workers=workers)
 
 
 def resolve_config(config):
@@ -187,28 +209,30 @@ def train_plan(config, identity):
   return plan
 
 
-def test_plan(config, identity):
-  """[(file_name, view)] of a test identity: its CFP and Multi-PIE protocol images.
-
-  CFP subject folders and Multi-PIE subject ids are identity + 1 (1-based, 3 digits).
-  """
+def test_plan(config, identity, split="test"):
+  """[(file_name, view)] of a test (or validation) identity: its CFP and Multi-PIE protocol
+  images. CFP subject folders and Multi-PIE subject ids are identity + 1 (1-based, 3 digits);
+  the validation split's people are drawn from their own seed stream, so they are neither
+  training nor test people."""
+  if split not in PROTOCOL_SPLITS:
+    raise ValueError(f"split must be one of {PROTOCOL_SPLITS}, got {split!r}")
   subject = f"{identity + 1:03d}"
   plan = []
   for k in range(CFP_FRONTAL):
-    rng = _rng(config, "test", identity, 1, k)
+    rng = _rng(config, split, identity, 1, k)
     view = renderer.sample_view(rng, rng.uniform(-FRONTAL_MAX_YAW, FRONTAL_MAX_YAW))
     plan.append((f"cfp/Data/Images/{subject}/frontal/{k + 1:02d}.jpg", view))
   for k in range(CFP_PROFILE):
-    rng = _rng(config, "test", identity, 2, k)
+    rng = _rng(config, split, identity, 2, k)
     yaw = (-1) ** (k + 1) * rng.uniform(PROFILE_MIN_YAW, 90.0)
     plan.append((f"cfp/Data/Images/{subject}/profile/{k + 1:02d}.jpg",
                  renderer.sample_view(rng, yaw)))
-  gallery_rng = _rng(config, "test", identity, 3)
+  gallery_rng = _rng(config, split, identity, 3)
   plan.append((f"multipie/images/{subject}/0_0.jpg",
                renderer.sample_view(gallery_rng, 0.0, illumination=0)))
   for b, yaw in enumerate(YAW_BINS):
     for light in range(1, config.illuminations + 1):
-      rng = _rng(config, "test", identity, 4, b, light)
+      rng = _rng(config, split, identity, 4, b, light)
       plan.append((f"multipie/images/{subject}/{yaw}_{light}.jpg",
                    renderer.sample_view(rng, _jittered(yaw, rng.uniform(-2, 2)),
                                         illumination=light)))
@@ -219,12 +243,12 @@ def generate(config, split):
   """Yields (label, file_name, view, image, landmarks, visibility) of a split, in order."""
   config = resolve_config(config)
   if split == "train":
-    count, plan_fn = config.num_train_identities, train_plan
-  elif split == "test":
-    count, plan_fn = config.num_test_identities, test_plan
+    plans = [train_plan(config, i) for i in range(config.num_train_identities)]
+  elif split in PROTOCOL_SPLITS:
+    count = config.num_test_identities if split == "test" else config.num_validation_identities
+    plans = [test_plan(config, i, split) for i in range(count)]
   else:
-    raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-  plans = [plan_fn(config, i) for i in range(count)]
+    raise ValueError(f"split must be one of {('train',) + PROTOCOL_SPLITS}, got {split!r}")
   tasks = ((_identity_seed(config, split, i), [view for _, view in plan], config.image_size,
             config.supersample) for i, plan in enumerate(plans))
   total = sum(map(len, plans))
@@ -276,10 +300,12 @@ def _png(image):
 class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
   """Rendered faces of many identities from frontal to full profile, with 51 landmarks."""
 
-  VERSION = tfds.core.Version("1.1.0")
+  VERSION = tfds.core.Version("2.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release.",
                    "1.1.0": ("Training poses as frontal-heavy as web face data (4% profiles); more "
-                             "identity in frontal features, less in colour and head shape.")}
+                             "identity in frontal features, less in colour and head shape."),
+                   "2.0.0": ("CFP's power: 650 test people (default, large), validation "
+                             "people for tuning, one Multi-PIE light.")}
   BUILDER_CONFIGS = list(BUILDER_CONFIGS)
   DEFAULT_CONFIG_NAME = "default"
 
@@ -290,7 +316,10 @@ class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
         description=__doc__.split("\n\n")[0],
         features=tfds.features.FeaturesDict({
             "image": tfds.features.Image(shape=(size, size, 3), encoding_format="png"),
-            "label": tfds.features.ClassLabel(num_classes=config.num_train_identities),
+            # One feature for both splits: the test split's people are numbered on their own
+            # and may outnumber the training identities (the classifier's classes).
+            "label": tfds.features.ClassLabel(
+                num_classes=max(config.num_train_identities, config.num_test_identities)),
             "landmarks": tfds.features.Tensor(shape=(NUM_LANDMARKS, 2), dtype=np.float32),
             "visibility": tfds.features.Tensor(shape=(NUM_LANDMARKS,), dtype=np.bool_),
             "yaw": tfds.features.Scalar(dtype=np.float32),

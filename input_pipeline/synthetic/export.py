@@ -1,6 +1,7 @@
 """Writes the synthetic test identities as the files real evaluation sets are distributed in.
 
     python -m input_pipeline.synthetic.export --data_dir=DIR --builder_config=tiny --out=OUT
+        [--split=validation]
 
 So the readers of `input_pipeline.readers` (insightface_bin, lfw, ijba, megaface) can be run
 end to end without the real data. The CFP and Multi-PIE trees are `protocols`'s (in
@@ -19,13 +20,16 @@ end to end without the real data. The CFP and Multi-PIE trees are `protocols`'s 
   Three templates per subject: frontal photos 1-5; frontal 6-10 and profile 1-2; profile 3-4
   and a video (one media) of the Multi-PIE light-1 probes from -90 to 90 degrees. Template id
   3 (NNN - 1) + t + 1, subject NNN, face box the whole image. Split k holds the subjects
-  outside CFP fold k - 1 and compares every pair of its templates.
+  outside CFP fold k - 1 and compares every genuine pair of its templates (3 per subject) and
+  `IJBA_IMPOSTORS` impostor pairs drawn without replacement (all of them when there are fewer),
+  about as many per genuine pair as IJB-A's 1:1 lists have.
 - `megaface/facescrub_features_list.json` (probes: the 14 CFP images of each subject in the
   first half, under `megaface/facescrub`) and `megaface/megaface_features_list.json_<M>_1`
   (distractors: all M test images of the other half, under `megaface/megaface`).
 - `summary.json`: counts; written last, so its presence means the export is complete.
 
-All image files are copies of the protocol tree's JPEGs (quality 95), byte for byte.
+All image files are the protocol tree's JPEGs (quality 95), byte for byte (hard links where the
+file system allows, copies elsewhere).
 """
 import argparse
 import json
@@ -46,6 +50,7 @@ SUMMARY = "summary.json"
 IJBA_COLUMNS = ("TEMPLATE_ID", "SUBJECT_ID", "FILE", "MEDIA_ID", "SIGHTING_ID", "FRAME",
                 "FACE_X", "FACE_Y", "FACE_WIDTH", "FACE_HEIGHT")
 TEMPLATES_PER_SUBJECT = 3
+IJBA_IMPOSTORS = 30_000  # per split; FAR 1e-4 is then 3 false accepts
 _OFFLINE = tfds.download.DownloadConfig(try_download_gcs=False)
 
 
@@ -66,8 +71,7 @@ def person(subject):
 
 def read_test_images(builder):
   """{file_name: uint8 image} of a prepared builder's test split (lossless PNG pixels)."""
-  dataset = builder.as_dataset(split="test", shuffle_files=False)
-  return {ex["file_name"].decode(): ex["image"] for ex in tfds.as_numpy(dataset)}
+  return {ex["file_name"]: ex["image"] for ex in protocols.test_examples(builder)}
 
 
 def _test_file_name(protocol_root, path):
@@ -82,13 +86,18 @@ def _write_lines(path, lines):
 
 
 def _copy(protocol_root, file_name, destination):
+  """The tree's file at `destination`: a hard link where the file system allows, or a copy."""
   os.makedirs(os.path.dirname(destination), exist_ok=True)
-  shutil.copyfile(os.path.join(protocol_root, file_name), destination)
+  source = os.path.join(protocol_root, file_name)
+  try:
+    os.link(source, destination)
+  except OSError:
+    shutil.copyfile(source, destination)
 
 
 def write_bins(protocol_root, pixels, out, image_format="jpeg"):
   """`cfp_ff.bin` and `cfp_fp.bin` in `out` from the CFP protocol and the test pixels."""
-  counts = {}
+  counts, encoded = {}, {}
   for protocol in cfp.PROTOCOLS:
     pairs = cfp.read_cfp(os.path.join(protocol_root, "cfp"), protocol)
     num_pairs = len(pairs.is_same)
@@ -97,10 +106,12 @@ def write_bins(protocol_root, pixels, out, image_format="jpeg"):
       raise ValueError(f"CFP-{protocol} folds are not {insightface_bin.NUM_FOLDS} equal "
                        f"contiguous blocks; a pack would change them")
     order = np.stack([pairs.index_a, pairs.index_b], axis=1).ravel()
-    stacked = np.stack([pixels[_test_file_name(protocol_root, pairs.paths[i])]
-                        for i in order])
-    insightface_bin.write_bin(os.path.join(out, f"cfp_{protocol.lower()}.bin"), stacked,
-                              pairs.is_same, image_format, quality=protocols.JPEG_QUALITY)
+    names = [_test_file_name(protocol_root, pairs.paths[i]) for i in order]
+    for name in set(names) - set(encoded):  # each image encoded once for both packs
+      encoded[name] = insightface_bin.encode_image(pixels[name], image_format,
+                                                   protocols.JPEG_QUALITY)
+    insightface_bin.write_encoded_bin(os.path.join(out, f"cfp_{protocol.lower()}.bin"),
+                                      [encoded[name] for name in names], pairs.is_same)
     counts[f"cfp_{protocol.lower()}_pairs"] = num_pairs
   return counts
 
@@ -147,7 +158,21 @@ def _ijba_templates(subject):
           photos("profile", range(3, 5)) + video]
 
 
-def _write_ijba(protocol_root, folder, num_subjects, image_size):
+def _ijba_comparisons(rng, subject_of, limit):
+  """Sorted (a, b) template pairs, a < b, of the templates {id: subject}: every genuine pair
+  and `limit` impostor pairs drawn without replacement (all when there are fewer)."""
+  tids = np.array(sorted(subject_of))
+  subjects = np.array([subject_of[t] for t in tids])
+  i, j = np.triu_indices(len(tids), 1)
+  same = subjects[i] == subjects[j]
+  impostor = np.flatnonzero(~same)
+  if len(impostor) > limit:
+    impostor = np.sort(rng.choice(impostor, limit, replace=False))
+  chosen = np.sort(np.concatenate([np.flatnonzero(same), impostor]))
+  return list(zip(tids[i[chosen]].tolist(), tids[j[chosen]].tolist()))
+
+
+def _write_ijba(protocol_root, folder, num_subjects, image_size, seed):
   """IJB-A split CSVs and their images (see the module docstring)."""
   rows = {}  # subject -> metadata rows (lists of fields)
   sighting = 0
@@ -174,8 +199,9 @@ def _write_ijba(protocol_root, folder, num_subjects, image_size):
     _write_lines(os.path.join(split_dir, f"verify_metadata_{split}.csv"),
                  [",".join(IJBA_COLUMNS)] + [",".join(map(str, row)) for s in subjects
                                              for row in rows[s]])
-    tids = sorted({row[0] for s in subjects for row in rows[s]})
-    comparisons = [f"{a},{b}" for i, a in enumerate(tids) for b in tids[i + 1:]]
+    subject_of = {row[0]: s for s in subjects for row in rows[s]}
+    comparisons = [f"{a},{b}" for a, b in _ijba_comparisons(
+        np.random.default_rng([seed, 3, split]), subject_of, IJBA_IMPOSTORS)]
     _write_lines(os.path.join(split_dir, f"verify_comparisons_{split}.csv"), comparisons)
     num_comparisons += len(comparisons)
   return {"ijba_templates": TEMPLATES_PER_SUBJECT * num_subjects,
@@ -217,30 +243,37 @@ def _write_megaface(protocol_root, folder, num_subjects, illuminations):
   return {"megaface_probes": len(probe_paths), "megaface_distractors": len(distractors)}
 
 
-def export(builder, out, bin_format="jpeg"):
-  """Writes the export of a prepared SyntheticFaces builder to `out`; returns `out`.
+def export(builder, out, bin_format="jpeg", split="test", pixels=None):
+  """Writes the export of a prepared SyntheticFaces builder's `split` to `out`; returns `out`.
 
-  An existing `out` is replaced only when it is an earlier export (holds summary.json) or
-  empty.
+  pixels: {file_name: lossless uint8 image} of the split (default: read from the TFDS test
+  split, or rendered for validation). An existing `out` is replaced only when it is an
+  earlier export (holds summary.json) or empty.
   """
   out = os.path.abspath(out)
   if (os.path.isdir(out) and os.listdir(out)
       and not os.path.isfile(os.path.join(out, SUMMARY))):
     raise FileExistsError(f"{out} exists and is not an earlier export; not replacing it")
   config = builder.builder_config
-  protocol_root = protocols.ensure(builder)
+  examples = None
+  if pixels is None:  # read (or render) the split once, for the tree and the packs
+    examples = list(protocols.test_examples(builder) if split == "test"
+                    else protocols.rendered_examples(config, split))
+    pixels = {ex["file_name"]: ex["image"] for ex in examples}
+  protocol_root = protocols.ensure(builder, split, examples)
+  num_subjects = (config.num_test_identities if split == "test"
+                  else config.num_validation_identities)
   partial = f"{out}.partial-{os.getpid()}"
   shutil.rmtree(partial, ignore_errors=True)
   os.makedirs(partial)
-  summary = {"builder_config": config.name, "image_size": config.image_size,
+  summary = {"builder_config": config.name, "split": split, "image_size": config.image_size,
              "bin_format": bin_format}
-  summary.update(write_bins(protocol_root, read_test_images(builder), partial, bin_format))
-  summary.update(_write_lfw(protocol_root, os.path.join(partial, "lfw"),
-                            config.num_test_identities))
-  summary.update(_write_ijba(protocol_root, os.path.join(partial, "ijba"),
-                             config.num_test_identities, config.image_size))
+  summary.update(write_bins(protocol_root, pixels, partial, bin_format))
+  summary.update(_write_lfw(protocol_root, os.path.join(partial, "lfw"), num_subjects))
+  summary.update(_write_ijba(protocol_root, os.path.join(partial, "ijba"), num_subjects,
+                             config.image_size, config.seed))
   summary.update(_write_megaface(protocol_root, os.path.join(partial, "megaface"),
-                                 config.num_test_identities, config.illuminations))
+                                 num_subjects, config.illuminations))
   with open(os.path.join(partial, SUMMARY), "w") as f:
     json.dump(summary, f, indent=1)
   if os.path.exists(out):
@@ -249,15 +282,14 @@ def export(builder, out, bin_format="jpeg"):
   return out
 
 
-def ensure(builder):
-  """The builder's protocol tree (`protocols.ensure`) with this export in its `export/`.
-
-  Each is written once; the evaluation finds every benchmark's files below the returned root.
-  """
-  root = protocols.ensure(builder)
+def ensure(builder, split="test"):
+  """The builder's protocol tree of `split` (`protocols.ensure`) with this export in its
+  `export/`. Each is written once; the evaluation finds every benchmark's files below the
+  returned root."""
+  root = protocols.root_of(builder, split)
   out = os.path.join(root, "export")
   if not os.path.isfile(os.path.join(out, SUMMARY)):
-    export(builder, out)
+    export(builder, out, split=split)
   return root
 
 
@@ -268,10 +300,12 @@ def main(argv=None):
   parser.add_argument("--out", required=True, help="folder to write the export into")
   parser.add_argument("--bin_format", default="jpeg", choices=insightface_bin.FORMATS,
                       help="image encoding inside the .bin packs")
+  parser.add_argument("--split", default="test", choices=builder_lib.PROTOCOL_SPLITS,
+                      help="the test identities, or the validation ones (for tuning)")
   args = parser.parse_args(argv)
   builder = builder_lib.SyntheticFaces(config=args.builder_config, data_dir=args.data_dir)
   builder.download_and_prepare(download_config=_OFFLINE)  # renders; fetches nothing
-  out = export(builder, args.out, args.bin_format)
+  out = export(builder, args.out, args.bin_format, args.split)
   with open(os.path.join(out, SUMMARY)) as f:
     print(f"wrote {out}: {f.read()}")
 

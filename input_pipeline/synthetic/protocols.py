@@ -1,7 +1,9 @@
-"""Writes the synthetic test identities as benchmark folders (CFP, Multi-PIE style).
+"""Writes the synthetic test (or validation) identities as benchmark folders (CFP, Multi-PIE).
 
 The same readers read them as the real benchmarks (`input_pipeline.readers.cfp`,
-`input_pipeline.readers.multipie`). Under `root`:
+`input_pipeline.readers.multipie`). A prepared builder's trees are `<data_dir>/protocols/test`
+(from its TFDS test split) and `<data_dir>/protocols/validation` (rendered when first asked
+for: people of their own seed stream, for tuning). Under `root`:
 
 - `cfp/Data/Images/NNN/frontal/01..10.jpg` (|yaw| <= 8) and `profile/01..04.jpg`
   (|yaw| >= 75), NNN = test identity + 1; `cfp/Protocol/Pair_list_F.txt` and
@@ -38,35 +40,60 @@ _CFP_NAME = re.compile(r"^cfp/Data/Images/(\d{3})/(frontal|profile)/(\d{2})\.jpg
 _MULTIPIE_NAME = re.compile(r"^multipie/images/(\d{3})/(-?\d+)_(\d+)\.jpg$")
 
 
-def write_protocols(root, config="tiny", seed=None):
-  """Renders the test identities of `config` (a name or a config) and writes the tree.
+def rendered_examples(config, split="test"):
+  """Yields {file_name, image, landmarks} of a protocol split, rendered (no TFDS build)."""
+  for _, file_name, _, image, points, _ in builder_lib.generate(config, split):
+    yield {"file_name": file_name, "image": image, "landmarks": points}
 
-  seed: overrides the config's seed. Deterministic; returns `root`.
-  """
+
+def write_protocols(root, config="tiny", seed=None, split="test"):
+  """Renders the test (or validation) identities of `config` (a name or a config) and
+  writes the tree. seed: overrides the config's seed. Deterministic; returns `root`."""
   config = builder_lib.resolve_config(config)
   if seed is not None:
     config = dataclasses.replace(config, seed=seed)
-  examples = ({"file_name": file_name, "image": image, "landmarks": points}
-              for _, file_name, _, image, points, _ in builder_lib.generate(config, "test"))
-  return _write(root, examples, config.seed)
+  return _write(root, rendered_examples(config, split), config.seed, split)
 
 
-def ensure(builder):
-  """The protocol tree of a prepared SyntheticFaces builder, written once from its test split.
+def root_of(builder, split="test"):
+  """Where a prepared builder's protocol tree of `split` lives."""
+  if split not in builder_lib.PROTOCOL_SPLITS:
+    raise ValueError(f"the synthetic faces have protocol trees for {builder_lib.PROTOCOL_SPLITS}"
+                     f", not {split!r}")
+  return os.path.join(builder.data_dir, "protocols", split)
 
-  It lives in `<builder.data_dir>/protocols` and holds the same files `write_protocols`
-  writes for the builder's config.
-  """
-  root = os.path.join(builder.data_dir, "protocols")
-  if os.path.isfile(os.path.join(root, SUMMARY)):
-    return root
+
+def is_complete(root):
+  return os.path.isfile(os.path.join(root, SUMMARY))
+
+
+def test_examples(builder):
+  """Yields {file_name, image, landmarks} of a prepared builder's TFDS test split."""
   dataset = builder.as_dataset(split="test", shuffle_files=False)
-  examples = ({"file_name": ex["file_name"].decode(), "image": ex["image"],
-               "landmarks": ex["landmarks"]} for ex in tfds.as_numpy(dataset))
-  return _write(root, examples, builder.builder_config.seed)
+  for ex in tfds.as_numpy(dataset):
+    yield {"file_name": ex["file_name"].decode(), "image": ex["image"],
+           "landmarks": ex["landmarks"]}
 
 
-def _write(root, examples, seed):
+def ensure(builder, split="test", examples=None):
+  """The protocol tree of `split` of a prepared SyntheticFaces builder, written once.
+
+  The test tree comes from the TFDS test split, the validation tree from `examples` or a
+  rendering; either holds the same files `write_protocols` writes for the builder's config.
+  """
+  root = root_of(builder, split)
+  if is_complete(root):
+    return root
+  config = builder.builder_config
+  if split == "validation" and not config.num_validation_identities:
+    raise ValueError(f"synthetic_faces config {config.name!r} has no validation identities "
+                     f"(num_validation_identities=0)")
+  if examples is None:
+    examples = test_examples(builder) if split == "test" else rendered_examples(config, split)
+  return _write(root, examples, config.seed, split)
+
+
+def _write(root, examples, seed, split="test"):
   """Writes images and lists into a temporary folder, then moves it to `root`."""
   root = os.path.abspath(root)
   partial = f"{root}.partial-{os.getpid()}"
@@ -86,7 +113,7 @@ def _write(root, examples, seed):
     path = os.path.join(partial, name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     Image.fromarray(example["image"]).save(path, quality=JPEG_QUALITY)
-  summary = {**_write_cfp(os.path.join(partial, "cfp"), cfp, seed),
+  summary = {**_write_cfp(os.path.join(partial, "cfp"), cfp, seed, split),
              **_write_multipie(os.path.join(partial, "multipie"), multipie)}
   with open(os.path.join(partial, SUMMARY), "w") as f:
     json.dump(summary, f, indent=1)
@@ -107,7 +134,7 @@ def _write_lines(path, lines):
     f.writelines(line + "\n" for line in lines)
 
 
-def _write_cfp(folder, landmarks, seed):
+def _write_cfp(folder, landmarks, seed, split):
   """Pair lists, splits and landmarks.csv for the CFP images {(subject, kind, k): points}."""
   subjects = sorted({s for s, _, _ in landmarks})
   per_kind = {"frontal": builder_lib.CFP_FRONTAL, "profile": builder_lib.CFP_PROFILE}
@@ -127,7 +154,7 @@ def _write_cfp(folder, landmarks, seed):
       ",".join([_image(*key)] + [f"{v:.3f}" for v in np.ravel(landmarks[key])])
       for key in sorted(landmarks)])
 
-  rng = np.random.default_rng([seed, 2])
+  rng = np.random.default_rng([seed, 2, builder_lib.PROTOCOL_SPLITS.index(split) + 1])
   per_fold = len(subjects) // builder_lib.NUM_FOLDS
   n_f, n_p = per_kind["frontal"], per_kind["profile"]
   for protocol_name, n_b in (("FF", n_f), ("FP", n_p)):

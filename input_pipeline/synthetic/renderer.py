@@ -354,8 +354,14 @@ def _albedo(parts, appearance, points, normals, part_index):
 
   if len(app.moles):
     skin = np.flatnonzero(skin_like)
-    distance = np.linalg.norm(points[skin, None] - app.moles[None], axis=-1)
-    albedo[skin[np.any(distance < app.mole_radii, axis=1)]] = app.skin * _MOLE_TINT
+    skin_points = points[skin]
+    on_mole = np.zeros(len(skin), bool)
+    for mole, radius in zip(app.moles, app.mole_radii):
+      # Only points within the radius along x can be on the mole; the distance test itself
+      # is the full 3-D one.
+      near = np.flatnonzero(np.abs(skin_points[:, 0] - mole[0]) < radius)
+      on_mole[near[np.linalg.norm(skin_points[near] - mole, axis=-1) < radius]] = True
+    albedo[skin[on_mole]] = app.skin * _MOLE_TINT
 
   if app.freckle_density > 0:
     x, y, z = points.T
