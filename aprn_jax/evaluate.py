@@ -19,9 +19,18 @@ path means the data set's own protocol files, which the synthetic faces provide)
 
 Images are read at the data set's stored size and go through the same centred crop and resize
 as evaluation batches in training (`preprocess.eval_transform`). Embeddings are
-L2-normalise(emb(image) + emb(mirrored image)) when `config.eval.flip`.
+L2-normalise(emb(image) + emb(mirrored image)) when `config.eval.flip`; an image is embedded
+once however many benchmark copies hold its pixels.
+
+Every accuracy, TAR and rank-1 comes with its 95% confidence interval (`intervals`), as
+`<figure>_ci` = [low, high] beside it: k-fold accuracy by the t interval over folds; TAR at
+FAR, rank-1 and per-yaw rank-1 by the percentile bootstrap over identities (CFP pairs belong
+to the person of their first image, LFW's likewise; .bin packs name no people, so there each
+pair is resampled alone); IJB-A's mean over splits by the same bootstrap, people drawn once
+for all splits; the pose SVM's validation accuracy by Wilson's interval.
 """
 import glob
+import hashlib
 import os
 
 import numpy as np
@@ -30,7 +39,7 @@ import tensorflow as tf
 from aprn_jax import inference
 from aprn_jax.analysis import embedding_analyses
 from aprn_jax.evaluation import embeddings as embeddings_lib
-from aprn_jax.evaluation import identification, templates, verification
+from aprn_jax.evaluation import identification, intervals, templates, verification
 from input_pipeline import preprocess
 from input_pipeline.readers import cfp, ijba, images as images_lib, insightface_bin, lfw
 from input_pipeline.readers import megaface, multipie
@@ -53,63 +62,121 @@ DEFAULT_PATHS = {
 
 def network_inputs(images, crop_size, image_size):
   """uint8 (N, H, W, 3) -> float32 (N, S, S, 3) in [-1, 1], centred crop + resize."""
+  if not len(images):
+    return np.zeros((0, image_size, image_size, 3), np.float32)
   dataset = tf.data.Dataset.from_tensor_slices({"image": images}).map(
-      lambda ex: preprocess.eval_transform(ex, crop_size=crop_size, image_size=image_size))
-  return np.stack([ex["image"] for ex in dataset.as_numpy_iterator()])
+      lambda ex: preprocess.eval_transform(ex, crop_size=crop_size, image_size=image_size),
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(1024)
+  return np.concatenate([batch["image"] for batch in
+                         preprocess.fixed_parallelism(dataset).as_numpy_iterator()])
+
+
+def _digest(data):
+  return hashlib.blake2b(data, digest_size=16).digest()
 
 
 class Embedder:
-  """Embeds image files once each (cached by path) with a fixed recognizer."""
+  """Embeds images with a fixed recognizer: each path is read once, and each distinct image
+  is decoded and embedded once (files by their bytes, pixels by their values), so the
+  benchmark copies of one image (LFW, IJB-A, MegaFace layouts of the same faces) share it."""
 
   def __init__(self, config, data, recognizer, variables):
     self.config, self.data = config, data
     self.embed_fn = inference.make_embed_fn(recognizer, variables)
-    self.cache = {}
+    self.by_path, self.by_key = {}, {}
 
   def __call__(self, paths):
-    missing = [p for p in dict.fromkeys(paths) if p not in self.cache]
+    missing = [p for p in dict.fromkeys(paths) if p not in self.by_path]
     if missing:
-      self.cache.update(zip(missing, self.images(
-          images_lib.load_images(missing, self.data.stored_size))))
-    return np.stack([self.cache[p] for p in paths])
+      contents = {p: images_lib.read_file_bytes(p) for p in missing}
+      keys = {p: b"file" + _digest(data) for p, data in contents.items()}
+      new = list({keys[p]: p for p in missing if keys[p] not in self.by_key}.values())
+      if new:
+        raw = images_lib.decode_images([contents[p] for p in new], self.data.stored_size,
+                                       [f"image file {p}" for p in new])
+        self.by_key.update(zip((keys[p] for p in new), self._embed(raw)))
+      self.by_path.update((p, self.by_key[keys[p]]) for p in missing)
+    return np.stack([self.by_path[p] for p in paths])
 
   def images(self, raw):
     """Embeddings of uint8 (N, stored, stored, 3) images."""
+    raw = np.asarray(raw)
+    keys = [b"pixels" + _digest(image.tobytes()) for image in raw]
+    new = list({key: i for i, key in enumerate(keys) if key not in self.by_key}.values())
+    if new:
+      self.by_key.update(zip((keys[i] for i in new), self._embed(raw[new])))
+    return np.stack([self.by_key[key] for key in keys])
+
+  def _embed(self, raw):
     inputs = network_inputs(raw, self.config.data.crop_size, self.config.data.image_size)
     return embeddings_lib.extract(self.embed_fn, inputs, self.config.eval.batch_size,
                                   flip=self.config.eval.flip)
 
 
-def _pair_results(emb, pairs):
-  result = verification.evaluate(emb[pairs.index_a], emb[pairs.index_b], pairs.is_same,
-                                 pairs.fold)
-  return {k: v for k, v in result.as_dict().items() if k in VERIFICATION_FIELDS}
+class BenchmarkFiles:
+  """The protocol files of the benchmarks, each parsed once however many phases use them."""
+
+  def __init__(self):
+    self._parsed = {}
+
+  def read(self, reader, *args):
+    key = (reader.__module__, reader.__qualname__, args)
+    if key not in self._parsed:
+      self._parsed[key] = reader(*args)
+    return self._parsed[key]
 
 
-def _verification(embed, root, protocol):
-  pairs = cfp.read_cfp(root, protocol)
-  return _pair_results(embed(pairs.paths), pairs)
+def _pair_results(emb, pairs, clusters):
+  """Verification figures of `pairs` with their intervals; clusters: (P,) the person each
+  pair belongs to, resampled together by the TAR bootstrap."""
+  distances = verification.squared_distances(emb[pairs.index_a], emb[pairs.index_b])
+  result = verification.evaluate_distances(distances, pairs.is_same, pairs.fold)
+  out = {k: v for k, v in result.as_dict().items() if k in VERIFICATION_FIELDS}
+  out["accuracy_ci"] = list(intervals.t_interval(result.fold_accuracies))
+  tar_ci = intervals.tar_at_far_bootstrap(-distances, pairs.is_same, clusters,
+                                          list(result.tar_at_far))
+  out["tar_at_far_ci"] = {f"{far:g}": list(ci) for far, ci in tar_ci.items()}
+  return out
 
 
-def _lfw(embed, pairs_file, image_root):
-  pairs = lfw.read_lfw(pairs_file, image_root)
-  return _pair_results(embed(pairs.paths), pairs)
+def _person_of_first_image(pairs, person_of_path):
+  return np.array([person_of_path(pairs.paths[i]) for i in pairs.index_a])
 
 
-def _bin(embed, path, stored_size):
-  pack = insightface_bin.read_bin(path, stored_size)
-  return _pair_results(embed.images(pack.images), pack.pairs)
+def _cfp_person(path):  # .../Data/Images/<person>/<frontal|profile>/<k>.jpg
+  return os.path.basename(os.path.dirname(os.path.dirname(path)))
 
 
-def _ijba(embed, protocol_root, image_root):
-  per_split = []
-  for split in ijba.read_ijba(protocol_root, image_root):
-    per_split.append(templates.verify_split(
-        embed(split.paths), split.template_ids, split.media_ids, split.tid1, split.tid2,
-        split.genuine))
+def _verification(embed, files, root, protocol):
+  pairs = files.read(cfp.read_cfp, root, protocol)
+  return _pair_results(embed(pairs.paths), pairs, _person_of_first_image(pairs, _cfp_person))
+
+
+def _lfw(embed, files, pairs_file, image_root):
+  pairs = files.read(lfw.read_lfw, pairs_file, image_root)
+  person = lambda path: os.path.basename(os.path.dirname(path))  # <name>/<name>_NNNN.jpg
+  return _pair_results(embed(pairs.paths), pairs, _person_of_first_image(pairs, person))
+
+
+def _bin(embed, files, path, stored_size):
+  pack = files.read(insightface_bin.read_bin, path, stored_size)
+  return _pair_results(embed.images(pack.images), pack.pairs,
+                       np.arange(len(pack.pairs.is_same)))
+
+
+def _ijba(embed, files, protocol_root, image_root):
+  per_split, scored = [], []
+  for split in files.read(ijba.read_ijba, protocol_root, image_root):
+    scores = templates.split_scores(embed(split.paths), split.template_ids, split.media_ids,
+                                    split.tid1, split.tid2)
+    per_split.append(templates.tar_at_fars(scores, split.genuine))
+    subject_of = dict(zip(split.templates.tolist(), split.template_subjects.tolist()))
+    scored.append((scores, split.genuine, np.array([subject_of[t] for t in split.tid1.tolist()])))
   summary = templates.summarize_splits(per_split)
+  ci = intervals.split_mean_tar_bootstrap(scored, list(summary))
   return {"tar_at_far": {str(far): mean for far, (mean, _) in summary.items()},
           "tar_at_far_std": {str(far): std for far, (_, std) in summary.items()},
+          "tar_at_far_ci": {str(far): list(ci[far]) for far in summary},
           "num_splits": len(per_split)}
 
 
@@ -124,29 +191,39 @@ def _distractor_list(path):
   return found[0]
 
 
-def _megaface(embed, paths):
-  probes = megaface.read_probe_list(paths["megaface_probes"], paths["megaface_probe_images"])
-  distractors = megaface.read_distractor_list(_distractor_list(paths["megaface_distractors"]),
-                                              paths["megaface_distractor_images"])
+def _megaface(embed, files, paths):
+  probes = files.read(megaface.read_probe_list, paths["megaface_probes"],
+                      paths["megaface_probe_images"])
+  distractors = files.read(megaface.read_distractor_list,
+                           _distractor_list(paths["megaface_distractors"]),
+                           paths["megaface_distractor_images"])
   result = identification.identify_with_distractors(embed(probes.paths), probes.labels,
                                                     embed(distractors))
   return {"rank1": result.rank1,
+          "rank1_ci": list(intervals.ratio_bootstrap(result.pair_hits, result.pair_labels)),
           "cmc": {str(rank): float(v) for rank, v in enumerate(result.cmc, 1)},
           "num_distractors": len(distractors), "num_pairs": result.num_pairs}
 
 
-def _per_pose(embed, root):
-  lists = multipie.read_multipie(root)
+def _per_pose(embed, files, root):
+  lists = files.read(multipie.read_multipie, root)
   result = identification.rank1_by_pose(
       embed(lists.gallery_paths), lists.gallery_subjects, embed(lists.probe_paths),
       lists.probe_subjects, lists.probe_yaw_bin)
+  subjects, yaws = np.asarray(lists.probe_subjects), np.asarray(lists.probe_yaw_bin)
+  by_yaw_ci = {str(int(yaw)): list(intervals.ratio_bootstrap(result.correct[yaws == yaw],
+                                                             subjects[yaws == yaw]))
+               for yaw in result.per_yaw}
   return {"rank1": result.overall,
-          "rank1_by_yaw": {str(int(k)): float(v) for k, v in result.per_yaw.items()}}
+          "rank1_ci": list(intervals.ratio_bootstrap(result.correct, subjects)),
+          "rank1_by_yaw": {str(int(k)): float(v) for k, v in result.per_yaw.items()},
+          "rank1_by_yaw_ci": by_yaw_ci,
+          "probes_by_yaw": {str(int(k)): int(v) for k, v in result.counts.items()}}
 
 
-def _pose_analyses(embed, root):
+def _pose_analyses(embed, root, files=None):
   """Frontal-vs-profile SVM and centroid distance on the CFP images (the paper's CFP set-up)."""
-  pairs = cfp.read_cfp(root, "FP")
+  pairs = (files or BenchmarkFiles()).read(cfp.read_cfp, root, "FP")
   emb = embed(pairs.paths)
   is_profile = np.array(["/profile/" in p.replace(os.sep, "/") for p in pairs.paths])
   identity = np.array([os.path.basename(os.path.dirname(os.path.dirname(p)))
@@ -156,10 +233,12 @@ def _pose_analyses(embed, root):
   train_idx, test_idx = embedding_analyses.sample_train_test(
       len(emb), num_train=num_train, num_test=min(2000, len(emb) - num_train))
   svm = embedding_analyses.pose_svm(emb, is_profile, train_idx, test_idx)
+  correct = int(round(svm["val_accuracy"] * len(test_idx)))
   mean, std = embedding_analyses.centroid_distance(emb, np.unique(identity,
                                                                   return_inverse=True)[1])
   return {"pose_svm_train_accuracy": svm["train_accuracy"],
           "pose_svm_val_accuracy": svm["val_accuracy"],
+          "pose_svm_val_accuracy_ci": list(intervals.wilson(correct, len(test_idx))),
           "centroid_distance_mean": mean, "centroid_distance_std": std}
 
 
@@ -205,48 +284,76 @@ def checked_paths(config, data):
   return paths
 
 
-def evaluate(config, data, recognizer, variables):
-  """{benchmark: results} for config.eval.benchmarks (see the module docstring)."""
+def evaluate(config, data, recognizer, variables, files=None):
+  """{benchmark: results} for config.eval.benchmarks (see the module docstring).
+
+  files: a BenchmarkFiles shared by the phases evaluated one after the other.
+  """
   paths = checked_paths(config, data)
+  files = files or BenchmarkFiles()
   embed = Embedder(config, data, recognizer, variables)
   results = {}
   for name in config.eval.benchmarks:
     if name in ("cfp_ff", "cfp_fp"):
-      results[name] = _verification(embed, paths["cfp"], name[-2:].upper())
+      results[name] = _verification(embed, files, paths["cfp"], name[-2:].upper())
     elif name == "lfw":
-      results[name] = _lfw(embed, paths["lfw"], paths["lfw_images"])
+      results[name] = _lfw(embed, files, paths["lfw"], paths["lfw_images"])
     elif name == "bins":
       for pack in config.eval.bins:
-        results[f"bin_{pack}"] = _bin(embed, os.path.join(paths["bins"], f"{pack}.bin"),
+        results[f"bin_{pack}"] = _bin(embed, files,
+                                      os.path.join(paths["bins"], f"{pack}.bin"),
                                       data.stored_size)
     elif name == "ijba":
-      results[name] = _ijba(embed, paths["ijba"], paths["ijba_images"])
+      results[name] = _ijba(embed, files, paths["ijba"], paths["ijba_images"])
     elif name == "megaface":
-      results[name] = _megaface(embed, paths)
+      results[name] = _megaface(embed, files, paths)
     elif name == "multipie":
-      results[name] = _per_pose(embed, paths["multipie"])
+      results[name] = _per_pose(embed, files, paths["multipie"])
   if {"cfp_ff", "cfp_fp"} & set(config.eval.benchmarks):
-    results["pose_analyses"] = _pose_analyses(embed, paths["cfp"])
+    results["pose_analyses"] = _pose_analyses(embed, paths["cfp"], files)
   return results
 
 
+# Figures the table prints, as percentages (all but centroid distances).
+_TABLE_KEYS = ("accuracy", "auc", "eer", "tar_at_far", "rank1", "rank1_by_yaw",
+               "pose_svm_train_accuracy", "pose_svm_val_accuracy", "centroid_distance_mean")
+
+
+def _cell(value, interval, percent):
+  scale = 100.0 if percent else 1.0
+  text = f"{value * scale:.2f}" if percent else f"{value:.3f}"
+  if interval is not None:
+    text += f" +- {intervals.half_width(interval) * scale:.2f}"
+  return text
+
+
 def table(results_by_phase):
-  """A plain-text table: one row per figure, one column per phase."""
+  """A plain-text table: one row per figure, one column per phase; `value +- half-width` of
+  the 95% interval where the figure has one."""
   phases = list(results_by_phase)
   rows = []
   first = results_by_phase[phases[0]]
   for bench, values in first.items():
-    for key, value in values.items():
-      if key == "cmc" or key.endswith("_std") and isinstance(value, dict):
-        continue  # in the JSON only
-      if isinstance(value, dict):
-        for sub in value:
-          rows.append((f"{bench} {key} {sub}", [results_by_phase[p][bench][key][sub]
-                                                 for p in phases]))
-      elif key in ("accuracy", "rank1", "auc", "eer") or bench == "pose_analyses":
-        rows.append((f"{bench} {key}", [results_by_phase[p][bench][key] for p in phases]))
+    for key in _TABLE_KEYS:
+      if key not in values:
+        continue
+      percent = not key.startswith("centroid")
+      ci_key = f"{key}_ci"
+      if isinstance(values[key], dict):
+        for sub in values[key]:
+          rows.append((f"{bench} {key} {sub}", [
+              _cell(results_by_phase[p][bench][key][sub],
+                    results_by_phase[p][bench].get(ci_key, {}).get(sub), percent)
+              for p in phases]))
+      else:
+        rows.append((f"{bench} {key}", [
+            _cell(results_by_phase[p][bench][key], results_by_phase[p][bench].get(ci_key),
+                  percent) for p in phases]))
   width = max(len(name) for name, _ in rows)
-  lines = [" " * width + "".join(f"{p:>12}" for p in phases)]
-  for name, values in rows:
-    lines.append(name.ljust(width) + "".join(f"{v:>12.4f}" for v in values))
+  cell = max(16, max(len(c) for _, cells in rows for c in cells) + 2)
+  lines = ["figures in %, centroid distance in cosine units; +- : half-width of the 95% "
+           "interval (aprn_jax/evaluation/intervals.py)",
+           " " * width + "".join(f"{p:>{cell}}" for p in phases)]
+  for name, cells in rows:
+    lines.append(name.ljust(width) + "".join(f"{c:>{cell}}" for c in cells))
   return "\n".join(lines)

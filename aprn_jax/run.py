@@ -63,10 +63,10 @@ def guard_workdir(config, workdir):
 def _evaluate_phases(config, data, phases_and_variables, out_name, workdir):
   if not config.eval.benchmarks:
     return {}
-  results = {}
+  results, files = {}, evaluate.BenchmarkFiles()
   for name, (recognizer, variables) in phases_and_variables.items():
     print(f"[{name}] evaluating {', '.join(config.eval.benchmarks)}", flush=True)
-    results[name] = evaluate.evaluate(config, data, recognizer, variables)
+    results[name] = evaluate.evaluate(config, data, recognizer, variables, files)
   print(evaluate.table(results), flush=True)
   if jax.process_index() == 0:
     _write_json(os.path.join(workdir, out_name), results)

@@ -62,8 +62,8 @@ def test_json_holds_every_analysis_per_phase(analysed):
     assert set(result) == {"step", "pose_analyses", "tsne_png", "landmark_probes", "overlays",
                            "noise_test"}
     assert set(result["pose_analyses"]) == {
-        "pose_svm_train_accuracy", "pose_svm_val_accuracy", "centroid_distance_mean",
-        "centroid_distance_std"}
+        "pose_svm_train_accuracy", "pose_svm_val_accuracy", "pose_svm_val_accuracy_ci",
+        "centroid_distance_mean", "centroid_distance_std"}
     probes = result["landmark_probes"]
     assert probes["train_images"] == 320 and probes["steps"] == 60
     assert probes["test_set"] == "cfp_fp" and probes["test_images"] > 0

@@ -16,6 +16,7 @@ Numbers go to <workdir>/analysis/analysis.json, pictures beside it:
 
     {phase: {"step": int,
              "pose_analyses": {pose_svm_train_accuracy, pose_svm_val_accuracy,
+                               pose_svm_val_accuracy_ci (Wilson, 95%),
                                centroid_distance_mean, centroid_distance_std},
              "tsne_png": "tsne_<phase>.png",
              "landmark_probes": {train_images, test_images, test_set: "cfp_fp", steps,

@@ -102,10 +102,15 @@ def distractor_top_similarities(probes, distractors, top_k=DEFAULT_MAX_RANK,
 
 @dataclasses.dataclass(frozen=True)
 class IdentificationResult:
-  """rank1 = cmc[0]; cmc[r - 1]: fraction of (gallery, probe) pairs with rank <= r."""
+  """rank1 = cmc[0]; cmc[r - 1]: fraction of (gallery, probe) pairs with rank <= r.
+
+  pair_hits: (num_pairs,) bool, the pairs right at rank 1; pair_labels: their identity (for
+  intervals that resample identities)."""
   rank1: float
   cmc: np.ndarray
   num_pairs: int
+  pair_hits: np.ndarray = None
+  pair_labels: np.ndarray = None
 
 
 def _same_identity_pairs(labels):
@@ -147,15 +152,18 @@ def identify_with_distractors(probes, probe_labels, distractors, max_rank=DEFAUL
   genuine = _pair_similarities(probes, probe_rows, probes, gallery_rows)
   beaten_by = (top[probe_rows] >= genuine[:, None]).sum(axis=1)
   cmc = (beaten_by[:, None] < np.arange(1, max_rank + 1)).mean(axis=0)
-  return IdentificationResult(rank1=float(cmc[0]), cmc=cmc, num_pairs=len(probe_rows))
+  return IdentificationResult(rank1=float(cmc[0]), cmc=cmc, num_pairs=len(probe_rows),
+                              pair_hits=beaten_by == 0, pair_labels=probe_labels[probe_rows])
 
 
 @dataclasses.dataclass(frozen=True)
 class PoseRank1Result:
-  """Rank-1 accuracy and probe count per yaw bin (sorted), and over all probes."""
+  """Rank-1 accuracy and probe count per yaw bin (sorted), and over all probes; `correct`:
+  (num_probes,) bool, each probe's outcome."""
   per_yaw: dict
   counts: dict
   overall: float
+  correct: np.ndarray = None
 
 
 def rank1_by_pose(gallery, gallery_ids, probes, probe_ids, probe_yaws):
@@ -187,4 +195,5 @@ def rank1_by_pose(gallery, gallery_ids, probes, probe_ids, probe_yaws):
       per_yaw={yaw.item(): float(h / n) for yaw, h, n in zip(yaws, hits, counts)},
       counts={yaw.item(): int(n) for yaw, n in zip(yaws, counts)},
       overall=float(correct.mean()),
+      correct=correct,
   )

@@ -60,10 +60,20 @@ def template_scores(templates, features, tid1, tid2):
   return np.einsum("ij,ij->i", features[rows[0]], features[rows[1]])
 
 
+def split_scores(embeddings, template_ids, media_ids, tid1, tid2):
+  """Cosine score of each comparison of one split from per-image embeddings."""
+  templates, features = pool_templates(embeddings, template_ids, media_ids)
+  return template_scores(templates, features, tid1, tid2)
+
+
 def verify_split(embeddings, template_ids, media_ids, tid1, tid2, genuine, fars=DEFAULT_FARS):
   """{target FAR: TAR} of one split from per-image embeddings and its comparisons."""
-  templates, features = pool_templates(embeddings, template_ids, media_ids)
-  scores = template_scores(templates, features, tid1, tid2)
+  scores = split_scores(embeddings, template_ids, media_ids, tid1, tid2)
+  return tar_at_fars(scores, genuine, fars)
+
+
+def tar_at_fars(scores, genuine, fars=DEFAULT_FARS):
+  """{target FAR: TAR} of scored comparisons."""
   far, tar, _ = verification.roc_curve(scores, genuine)
   return {target: verification.tar_at_far(far, tar, target) for target in fars}
 
