@@ -100,6 +100,7 @@ def test_train_step_rejects_a_batch_the_devices_cannot_split():
   assert "--batch_size=3 is not a positive multiple of the 2 devices" in proc.stderr
 
 
+@pytest.mark.slow
 def test_input_pipeline_reports_both_pipelines_next_to_the_step(tmp_path):
   proc = subprocess.run(
       [sys.executable, "benchmarks/input_pipeline.py", "--config=configs/tiny.py",
