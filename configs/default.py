@@ -64,7 +64,7 @@ def get_config():
   # R's optimizer (backbone + head): SGD, piecewise-constant LR by epoch; the APRN phase
   # scales its LR by config.train.aprn_lr_scale.
   config.optim = dict(name="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, lr_decay=0.1,
-                      lr_decay_epochs=(9, 12))
+                      lr_decay_epochs=(10, 13))
 
   config.train = dict(
       phases=("baseline", "aprn"),  # either alone, or both in order

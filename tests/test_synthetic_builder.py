@@ -236,3 +236,17 @@ def test_write_protocols_matches_the_builder_tree(protocol_root, tmp_path):
   assert not mismatches
   assert (sum(len(files) for _, _, files in os.walk(written))
           == sum(len(files) for _, _, files in os.walk(protocol_root)))
+
+
+def test_multipie_images_only_for_the_first_people():
+  config = builder_lib.make_config("mp", image_size=20, num_train_identities=20,
+                                   num_test_identities=20, num_validation_identities=20,
+                                   num_multipie_identities=10, illuminations=1)
+  with_multipie = builder_lib.test_plan(config, 9)
+  assert len(with_multipie) == config.num_test_images_per_identity == 14 + 1 + 13
+  without = [name for name, _ in builder_lib.test_plan(config, 10)]
+  assert len(without) == 14 and all(name.startswith("cfp/Data/Images/011/") for name in without)
+  assert config.multipie_identities("test") == config.multipie_identities("validation") == 10
+  with pytest.raises(ValueError, match="num_multipie_identities=30 must be in 0..num_test"):
+    builder_lib.make_config("mp2", image_size=20, num_train_identities=20,
+                            num_test_identities=20, num_multipie_identities=30)

@@ -7,10 +7,11 @@
 Configs (stored image size; the network input is the centre or a random crop, 8/9 of it):
 - `tiny`: 36x36 (32x32 crops), 40 training identities x 8 images, 20 test and 20 validation
   identities; builds in seconds, for tests and smoke runs.
-- `default`: 72x72 (64x64 crops), 300 x 20 training images, 650 test identities (CFP's
-  power: 10 folds of 455 same and 455 different pairs per protocol), 500 validation ones;
-  CPU training.
-- `large`: 126x126 (112x112 crops), 1000 x 30 training images, 650 test, 500 validation.
+- `default`: 72x72 (64x64 crops, rendered with one ray per pixel), 300 x 20 training
+  images, 990 test identities (10 CFP folds of 693 same and 693 different pairs per
+  protocol; the first 650 also in Multi-PIE style), 500 validation ones; CPU training.
+- `large`: 126x126 (112x112 crops), 1000 x 30 training images, 990 test (650 Multi-PIE),
+  500 validation.
 Other sizes: `SyntheticFaces(config=make_config("mine", image_size=..., ...))`.
 
 Features: `image` (S, S, 3) uint8 PNG; `label` int64 (training identities 0..N_train-1, the
@@ -26,8 +27,9 @@ with +-7.5 degrees of jitter, as frontal-heavy as web face data (CASIA-WebFace, 
 the images within |yaw| < 22.5, 4% at |yaw| >= 67.5, so profiles are rare in training as they
 are in the data the paper trains on;
 `test`: the images of the evaluation protocols (`protocols`), per identity 10 near-frontal
-(|yaw| <= 8) and 4 profile (|yaw| >= 75) CFP images, one frontal Multi-PIE gallery image and
-probes at all 13 bins under `illuminations` fixed lights. The validation identities have the
+(|yaw| <= 8) and 4 profile (|yaw| >= 75) CFP images and, for the first
+`num_multipie_identities`, one frontal Multi-PIE gallery image and probes at all 13 bins under
+`illuminations` fixed lights. The validation identities have the
 same protocol images; they are not a TFDS split but rendered when first asked for
 (`protocols.ensure(builder, "validation")`), so runs that do not tune never pay for them.
 Training, test and validation identities are different people (different seed streams).
@@ -81,7 +83,8 @@ class SyntheticFacesConfig(tfds.core.BuilderConfig):
   image_size: side of the stored square images; num_train_identities x images_per_identity
   training images; num_test_identities: test people (a multiple of 10: the CFP folds);
   num_validation_identities: people of the validation protocols (0, or as the test count),
-  for tuning; illuminations: fixed lights of the Multi-PIE probes (1..4);
+  for tuning; num_multipie_identities: how many of a protocol split's first people also
+  get the Multi-PIE images (0: all); illuminations: fixed lights of the Multi-PIE probes (1..4);
   seed: the data set's seed; supersample: rays per pixel per axis; workers: rendering
   processes (does not change the data).
   """
@@ -90,6 +93,7 @@ class SyntheticFacesConfig(tfds.core.BuilderConfig):
   images_per_identity: int = 20
   num_test_identities: int = 80
   num_validation_identities: int = 0
+  num_multipie_identities: int = 0
   illuminations: int = 2
   seed: int = 0
   supersample: int = 2
@@ -103,6 +107,8 @@ class SyntheticFacesConfig(tfds.core.BuilderConfig):
         "num_test_identities": _protocol_count_ok(self.num_test_identities),
         "num_validation_identities": (self.num_validation_identities == 0
                                       or _protocol_count_ok(self.num_validation_identities)),
+        "num_multipie_identities": (0 <= self.num_multipie_identities
+                                    <= self.num_test_identities),
         "illuminations": 1 <= self.illuminations < len(renderer.ILLUMINATIONS),
         "supersample": self.supersample >= 1,
         "workers": self.workers >= 1,
@@ -113,6 +119,7 @@ class SyntheticFacesConfig(tfds.core.BuilderConfig):
         "images_per_identity": ">= 1",
         "num_test_identities": _PROTOCOL_COUNT_RULE,
         "num_validation_identities": f"0 or {_PROTOCOL_COUNT_RULE}",
+        "num_multipie_identities": f"in 0..num_test_identities ({self.num_test_identities})",
         "illuminations": f"in 1..{len(renderer.ILLUMINATIONS) - 1}",
         "supersample": ">= 1",
         "workers": ">= 1",
@@ -124,7 +131,13 @@ class SyntheticFacesConfig(tfds.core.BuilderConfig):
 
   @property
   def num_test_images_per_identity(self):
+    """Images of a test person with Multi-PIE images (CFP's, the gallery, the probes)."""
     return CFP_FRONTAL + CFP_PROFILE + 1 + len(YAW_BINS) * self.illuminations
+
+  def multipie_identities(self, split):
+    """How many of the split's first people have the Multi-PIE images."""
+    count = self.num_test_identities if split == "test" else self.num_validation_identities
+    return min(count, self.num_multipie_identities or count)
 
 
 BUILDER_CONFIGS = (
@@ -132,23 +145,25 @@ BUILDER_CONFIGS = (
                          image_size=36, num_train_identities=40, images_per_identity=8,
                          num_test_identities=20, num_validation_identities=20,
                          illuminations=1, supersample=1, workers=1),
-    # CFP's statistical power: 650 test people, 455 same + 455 different pairs per fold;
-    # one Multi-PIE probe per person and yaw bin, so a per-yaw rank-1 has a standard error
-    # of at most sqrt(0.25 / 650) = 1.96 points.
+    # Power: 990 test people, so 10 CFP folds of 693 same + 693 different pairs each (CFP:
+    # 350 + 350), and a fold t interval of about +-1 point at 87% accuracy; one Multi-PIE
+    # probe per person and yaw bin for the first 650, so a per-yaw rank-1 has a standard
+    # error of at most sqrt(0.25 / 650) = 1.96 points. One ray per pixel: the 28,000 test
+    # and training images render in 3.5 minutes on 2 cores (4 rays: 5.5).
     SyntheticFacesConfig(name="default", description="72x72, 300 x 20 training images",
                          image_size=72, num_train_identities=300, images_per_identity=20,
-                         num_test_identities=650, num_validation_identities=500,
-                         illuminations=1),
+                         num_test_identities=990, num_validation_identities=500,
+                         num_multipie_identities=650, illuminations=1, supersample=1),
     SyntheticFacesConfig(name="large", description="126x126, 1000 x 30 training images",
                          image_size=126, num_train_identities=1000, images_per_identity=30,
-                         num_test_identities=650, num_validation_identities=500,
-                         illuminations=1),
+                         num_test_identities=990, num_validation_identities=500,
+                         num_multipie_identities=650, illuminations=1),
 )
 
 
 def make_config(name, image_size, num_train_identities, images_per_identity=20,
-                num_test_identities=None, num_validation_identities=0, illuminations=2,
-                seed=0, supersample=2, workers=2):
+                num_test_identities=None, num_validation_identities=0,
+                num_multipie_identities=0, illuminations=2, seed=0, supersample=2, workers=2):
   """A custom config (pass it as `SyntheticFaces(config=...)`); `name` names its folder.
 
   num_test_identities defaults to a tenth of the training identities, rounded up to a
@@ -164,7 +179,8 @@ def make_config(name, image_size, num_train_identities, images_per_identity=20,
       name=name, description=f"{image_size}x{image_size}, custom",
       image_size=image_size, num_train_identities=num_train_identities,
       images_per_identity=images_per_identity, num_test_identities=num_test_identities,
-      num_validation_identities=num_validation_identities, illuminations=illuminations,
+      num_validation_identities=num_validation_identities,
+      num_multipie_identities=num_multipie_identities, illuminations=illuminations,
       seed=seed, supersample=supersample, workers=workers)
 
 
@@ -227,6 +243,8 @@ def test_plan(config, identity, split="test"):
     yaw = (-1) ** (k + 1) * rng.uniform(PROFILE_MIN_YAW, 90.0)
     plan.append((f"cfp/Data/Images/{subject}/profile/{k + 1:02d}.jpg",
                  renderer.sample_view(rng, yaw)))
+  if identity >= config.multipie_identities(split):
+    return plan
   gallery_rng = _rng(config, split, identity, 3)
   plan.append((f"multipie/images/{subject}/0_0.jpg",
                renderer.sample_view(gallery_rng, 0.0, illumination=0)))
@@ -304,8 +322,9 @@ class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
   RELEASE_NOTES = {"1.0.0": "Initial release.",
                    "1.1.0": ("Training poses as frontal-heavy as web face data (4% profiles); more "
                              "identity in frontal features, less in colour and head shape."),
-                   "2.0.0": ("CFP's power: 650 test people (default, large), validation "
-                             "people for tuning, one Multi-PIE light.")}
+                   "2.0.0": ("Statistical power: 990 test people (650 in Multi-PIE style), "
+                             "500 validation people for tuning, one Multi-PIE light; "
+                             "default renders one ray per pixel.")}
   BUILDER_CONFIGS = list(BUILDER_CONFIGS)
   DEFAULT_CONFIG_NAME = "default"
 

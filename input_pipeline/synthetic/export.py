@@ -18,7 +18,8 @@ end to end without the real data. The CFP and Multi-PIE trees are `protocols`'s 
 - `ijba/protocol/split{k}/verify_metadata_{k}.csv` and `verify_comparisons_{k}.csv`, images
   under `ijba/images` (`img/<media>.jpg` photos, `frame/<media>_<frame>.jpg` video frames).
   Three templates per subject: frontal photos 1-5; frontal 6-10 and profile 1-2; profile 3-4
-  and a video (one media) of the Multi-PIE light-1 probes from -90 to 90 degrees. Template id
+  and (for subjects with Multi-PIE images) a video, one media, of the Multi-PIE light-1
+  probes from -90 to 90 degrees. Template id
   3 (NNN - 1) + t + 1, subject NNN, face box the whole image. Split k holds the subjects
   outside CFP fold k - 1 and compares every genuine pair of its templates (3 per subject) and
   `IJBA_IMPOSTORS` impostor pairs drawn without replacement (all of them when there are fewer),
@@ -149,13 +150,14 @@ def _write_lfw(protocol_root, folder, num_subjects):
   return {"lfw_pairs": len(lines) - 1, "lfw_images": len(relative)}
 
 
-def _ijba_templates(subject):
-  """The 3 templates of a subject, each a list of media, each a list of file names."""
+def _ijba_templates(subject, has_multipie):
+  """The 3 templates of a subject, each a list of media, each a list of file names (the
+  video only for subjects with Multi-PIE images)."""
   photos = lambda kind, ks: [[cfp_name(subject, kind, k)] for k in ks]
   video = [[multipie_name(subject, yaw, 1) for yaw in builder_lib.YAW_BINS]]
   return [photos("frontal", range(1, 6)),
           photos("frontal", range(6, 11)) + photos("profile", range(1, 3)),
-          photos("profile", range(3, 5)) + video]
+          photos("profile", range(3, 5)) + (video if has_multipie else [])]
 
 
 def _ijba_comparisons(rng, subject_of, limit):
@@ -172,13 +174,13 @@ def _ijba_comparisons(rng, subject_of, limit):
   return list(zip(tids[i[chosen]].tolist(), tids[j[chosen]].tolist()))
 
 
-def _write_ijba(protocol_root, folder, num_subjects, image_size, seed):
+def _write_ijba(protocol_root, folder, num_subjects, num_multipie, image_size, seed):
   """IJB-A split CSVs and their images (see the module docstring)."""
   rows = {}  # subject -> metadata rows (lists of fields)
   sighting = 0
   for subject in range(1, num_subjects + 1):
     rows[subject] = []
-    for t, template in enumerate(_ijba_templates(subject)):
+    for t, template in enumerate(_ijba_templates(subject, subject <= num_multipie)):
       template_id = TEMPLATES_PER_SUBJECT * (subject - 1) + t + 1
       for m, media in enumerate(template):
         media_id = 100 * subject + 10 * t + m + 1
@@ -214,7 +216,7 @@ def _cfp_names(subject):
           + [cfp_name(subject, "profile", k) for k in range(1, builder_lib.CFP_PROFILE + 1)])
 
 
-def _write_megaface(protocol_root, folder, num_subjects, illuminations):
+def _write_megaface(protocol_root, folder, num_subjects, num_multipie, illuminations):
   """FaceScrub probe and MegaFace distractor lists and their images."""
   half = num_subjects // 2
   ids, probe_paths = [], []
@@ -226,9 +228,11 @@ def _write_megaface(protocol_root, folder, num_subjects, illuminations):
       probe_paths.append(relative)
   distractors = []
   for subject in range(half + 1, num_subjects + 1):
-    names = _cfp_names(subject) + [multipie_name(subject, 0, 0)] + [
-        multipie_name(subject, yaw, light) for yaw in builder_lib.YAW_BINS
-        for light in range(1, illuminations + 1)]
+    names = _cfp_names(subject)
+    if subject <= num_multipie:
+      names += [multipie_name(subject, 0, 0)] + [
+          multipie_name(subject, yaw, light) for yaw in builder_lib.YAW_BINS
+          for light in range(1, illuminations + 1)]
     for file_name in names:
       source = file_name.split("/")
       kind = f"cfp_{source[-2]}" if source[0] == "cfp" else "multipie"
@@ -263,6 +267,7 @@ def export(builder, out, bin_format="jpeg", split="test", pixels=None):
   protocol_root = protocols.ensure(builder, split, examples)
   num_subjects = (config.num_test_identities if split == "test"
                   else config.num_validation_identities)
+  num_multipie = config.multipie_identities(split)
   partial = f"{out}.partial-{os.getpid()}"
   shutil.rmtree(partial, ignore_errors=True)
   os.makedirs(partial)
@@ -271,9 +276,9 @@ def export(builder, out, bin_format="jpeg", split="test", pixels=None):
   summary.update(write_bins(protocol_root, pixels, partial, bin_format))
   summary.update(_write_lfw(protocol_root, os.path.join(partial, "lfw"), num_subjects))
   summary.update(_write_ijba(protocol_root, os.path.join(partial, "ijba"), num_subjects,
-                             config.image_size, config.seed))
+                             num_multipie, config.image_size, config.seed))
   summary.update(_write_megaface(protocol_root, os.path.join(partial, "megaface"),
-                                 num_subjects, config.illuminations))
+                                 num_subjects, num_multipie, config.illuminations))
   with open(os.path.join(partial, SUMMARY), "w") as f:
     json.dump(summary, f, indent=1)
   if os.path.exists(out):
