@@ -22,7 +22,9 @@ evaluated or analysed with main.py:
                           `baseline` folder is a link to the baseline run's); <run> names
                           what differs from the config: `aprn` (nothing), `control`,
                           `alpha=0.1`, ...
-    <experiment>/summary.json, summary.md, differences.png, rank1_by_yaw.png
+    <experiment>/<split>/ summary.json, summary.md, differences.png, rank1_by_yaw.png
+                          (`summary_dir`: tuning on validation and reporting on test
+                          keep both)
 
 Experiments run in one study folder share their runs: `alpha`'s 0.2 is `control`'s `aprn`
 run, and every experiment's control is the same run. A variant that changes what the
@@ -224,6 +226,10 @@ def plan(config, experiment, seeds, spec=""):
 def _baseline_run(config, seed, folder, extras):
   return Run(seed, folder, apply(config, (("train.phases", (BASELINE,)),)), BASELINE,
              extras=tuple(e for e in extras if e == "pose_analyses"))
+
+
+def summary_dir(study, experiment, split):
+  return os.path.join(study, experiment, split)
 
 
 def results_path(study, run_, split):
@@ -590,7 +596,7 @@ def run_experiment(config, study, experiment, seeds, split="test", spec=""):
     progress.finish(run_)
   summary = summarize(study, experiment, split, variants, by_variant, config)
   if jax.process_index() == 0:
-    out_dir = os.path.join(study, experiment)
+    out_dir = summary_dir(study, experiment, split)
     os.makedirs(out_dir, exist_ok=True)
     _write_json(os.path.join(out_dir, "summary.json"), summary)
     with open(os.path.join(out_dir, "summary.md"), "w") as f:

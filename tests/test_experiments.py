@@ -39,6 +39,10 @@ def command(study, data_dir):
           f"--config.eval.benchmarks={BENCHMARKS}"]
 
 
+def summary_file(study, name):
+  return os.path.join(experiments.summary_dir(study, "sweep", "test"), name)
+
+
 @pytest.fixture(scope="module")
 def studies(tmp_path_factory):
   root = tmp_path_factory.mktemp("study")
@@ -82,7 +86,7 @@ def test_each_seeds_baseline_is_trained_once(studies):
       assert os.path.exists(os.path.join(study, f"seed{seed}", variant, "aprn", "done.json"))
   assert summary["runs"]["baseline"] == ["seed0/baseline", "seed1/baseline"]
   for name in ("summary.json", "summary.md", "differences.png", "rank1_by_yaw.png"):
-    assert os.path.exists(os.path.join(study, "sweep", name))
+    assert os.path.exists(summary_file(study, name))
 
 
 @pytest.mark.slow
@@ -113,7 +117,7 @@ def test_summary_equals_numpy_and_scipy_on_the_results_files(studies):
       if np.ptp(diff) > 0:
         np.testing.assert_allclose(entry["vs_control"]["ci"], stats.t.interval(
             0.95, 1, loc=diff.mean(), scale=stats.sem(diff)))
-  md = open(os.path.join(study, "sweep", "summary.md")).read()
+  md = open(summary_file(study, "summary.md")).read()
   assert "| alpha=0.1 |" in md and "Difference to the control" in md
 
 
@@ -128,8 +132,8 @@ def test_killed_experiment_resumes_to_the_uninterrupted_summary(studies):
   out = subprocess.run(command(study, data_dir), cwd=REPO, check=True, capture_output=True,
                        text=True).stdout
   assert "resumed from step" in out
-  with open(os.path.join(study, "sweep", "summary.json")) as f:
+  with open(summary_file(study, "summary.json")) as f:
     resumed = json.load(f)
   assert resumed["figures"] == summary["figures"]
-  expected = open(os.path.join(uninterrupted, "sweep", "summary.md")).read()
-  assert open(os.path.join(study, "sweep", "summary.md")).read() == expected
+  expected = open(summary_file(uninterrupted, "summary.md")).read()
+  assert open(summary_file(study, "summary.md")).read() == expected
