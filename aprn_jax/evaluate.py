@@ -276,7 +276,10 @@ def checked_paths(config, data):
   paths = benchmark_paths(config, data)
   for benchmark in config.eval.benchmarks:
     if benchmark not in BENCHMARKS:
-      raise ValueError(f"config.eval.benchmarks holds {benchmark!r}; allowed: {BENCHMARKS}")
+      hint = (" (on the command line a tuple is written "
+              "--config.eval.benchmarks=\"('cfp_ff','cfp_fp')\")" if "," in benchmark else "")
+      raise ValueError(
+          f"config.eval.benchmarks holds {benchmark!r}; allowed: {BENCHMARKS}{hint}")
     for name in _NEEDS[benchmark]:
       if paths[name] is None:
         raise ValueError(f"config.eval.benchmarks holds {benchmark!r} but config.eval.paths."

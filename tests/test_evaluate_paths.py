@@ -37,6 +37,7 @@ def test_given_paths_win_and_real_data_needs_them(tmp_path):
 
 @pytest.mark.parametrize("field, value, message", [
     ("benchmarks", ("lfw", "ytf"), r"'ytf'; allowed"),
+    ("benchmarks", ("cfp_ff,cfp_fp",), r"'cfp_ff,cfp_fp'; allowed.*a tuple is written"),
     ("paths", {"lfw_pairs": "x"}, r"unknown entries \['lfw_pairs'\]"),
 ])
 def test_bad_eval_options_are_named(field, value, message):
