@@ -46,10 +46,12 @@ summary.json (every figure in %, except centroid distances and L1s):
      "figures": {figure: {variant: {"per_seed": [..], "mean", "ci": [low, high] | null,
                                      "vs_control": {"per_seed": [..], "mean",
                                                     "ci": [low, high] | null,
-                                                    "positive": seeds with a difference > 0}}}}}
+                                                    "positive": seeds with a difference > 0},
+                                     "vs_baseline": the same, to the baseline (not for
+                                                    the baseline itself)}}}}
 
 `ci` is the t interval over seeds (`intervals.t_interval`, 95%), of the mean and of the
-difference to the control paired by seed; it needs 2 seeds or more.
+differences to the control and to the baseline paired by seed; it needs 2 seeds or more.
 """
 import dataclasses
 import json
@@ -445,6 +447,13 @@ def _interval(values):
   return list(intervals.t_interval(values)) if len(values) >= 2 else None
 
 
+def _paired(values, reference):
+  """Differences to a reference paired by seed: per seed, mean, t interval, count > 0."""
+  diff = values - reference
+  return {"per_seed": diff.tolist(), "mean": float(diff.mean()), "ci": _interval(diff),
+          "positive": int((diff > 0).sum())}
+
+
 def summarize(study, experiment, split, variants, by_variant, config):
   """The summary dict (module docstring) from the runs' results_<split>.json."""
   per_variant = {}
@@ -461,11 +470,12 @@ def summarize(study, experiment, split, variants, by_variant, config):
       if not all(name in r for r in per_variant[variant]):
         continue
       values = np.array([r[name] for r in per_variant[variant]])
-      diff = values - control
       out[name][variant] = {
           "per_seed": values.tolist(), "mean": float(values.mean()), "ci": _interval(values),
-          "vs_control": {"per_seed": diff.tolist(), "mean": float(diff.mean()),
-                         "ci": _interval(diff), "positive": int((diff > 0).sum())}}
+          "vs_control": _paired(values, control)}
+      if variant != BASELINE and BASELINE in out[name]:
+        out[name][variant]["vs_baseline"] = _paired(values,
+                                                    np.array(out[name][BASELINE]["per_seed"]))
   return {"experiment": experiment, "split": split,
           "seeds": [r.seed for r in by_variant[BASELINE]], "config": config.to_dict(),
           "variants": variants,
@@ -484,10 +494,12 @@ MAIN_FIGURES = (("CFP-FF", "cfp_ff accuracy"), ("CFP-FP", "cfp_fp accuracy"),
                 ("noise test L1", "noise_test l1_mean"))
 
 
-def _cell(entry, diff=False):
-  if entry is None:
+def _cell(entry, diff=None):
+  """A table cell: the mean over seeds, or with diff="vs_control" | "vs_baseline" the
+  paired difference; +- the half-width of the 95% t interval."""
+  if entry is None or (diff and diff not in entry):
     return "-"
-  value = entry["vs_control"] if diff else entry
+  value = entry[diff] if diff else entry
   text = f"{value['mean']:+.2f}" if diff else f"{value['mean']:.2f}"
   if value["ci"] is not None:
     text += f" +- {(value['ci'][1] - value['ci'][0]) / 2:.2f}"
@@ -510,13 +522,15 @@ def markdown(summary):
   for variant in summary["variants"]:
     lines.append(f"| {variant} | " + " | ".join(_cell(figs[f].get(variant))
                                                 for _, f in columns) + " |")
-  lines += ["", f"Difference to the control ({CONTROL}: the same fine-tuning, D a probe only), "
-            f"paired by seed: mean +- half-width of the 95% t interval (seeds where it is "
-            f"positive / seeds).", "", head, rule]
-  for variant in summary["variants"]:
-    if variant != CONTROL:
-      lines.append(f"| {variant} | " + " | ".join(_cell(figs[f].get(variant), diff=True)
-                                                  for _, f in columns) + " |")
+  for diff, reference, what in (
+      ("vs_control", CONTROL, f"the control ({CONTROL}: the same fine-tuning, D a probe only)"),
+      ("vs_baseline", BASELINE, f"the {BASELINE} (the network every variant fine-tunes)")):
+    lines += ["", f"Difference to {what}, paired by seed: mean +- half-width of the 95% t "
+              f"interval (seeds where it is positive / seeds).", "", head, rule]
+    for variant in summary["variants"]:
+      if variant not in (reference, BASELINE):
+        lines.append(f"| {variant} | " + " | ".join(_cell(figs[f].get(variant), diff=diff)
+                                                    for _, f in columns) + " |")
   return "\n".join(lines) + "\n"
 
 

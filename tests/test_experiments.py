@@ -73,6 +73,40 @@ def test_plan_shares_baselines_and_names_runs_by_what_they_change():
     experiments.plan(config, "sweep", 1, "alpha=big")
 
 
+def test_summary_of_hand_written_results_equals_scipy(tmp_path):
+  """summarize() on results files written here: means, t intervals and paired differences
+  to the control and the baseline against scipy, seed by seed."""
+  config = tiny.get_config()
+  variants, by_variant, _ = experiments.plan(config, "control", 3)
+  rng = np.random.default_rng(0)
+  values = {v: rng.uniform(0.6, 0.9, size=3) for v in variants}
+  for variant, runs in by_variant.items():
+    for run_, value in zip(runs, values[variant]):
+      os.makedirs(tmp_path / run_.folder)
+      with open(tmp_path / run_.folder / "results_test.json", "w") as f:
+        json.dump({run_.phase: {"cfp_fp": {"accuracy": value}}}, f)
+  summary = experiments.summarize(str(tmp_path), "control", "test", variants, by_variant,
+                                  config)
+  figures = summary["figures"]["cfp_fp accuracy"]
+  assert variants == ["baseline", "aprn", "control"]
+  for variant in variants:
+    ours = 100 * values[variant]
+    np.testing.assert_allclose(figures[variant]["per_seed"], ours)
+    np.testing.assert_allclose(figures[variant]["ci"], stats.t.interval(
+        0.95, 2, loc=ours.mean(), scale=stats.sem(ours)))
+    for key, reference in (("vs_control", "control"), ("vs_baseline", "baseline")):
+      if variant in (reference, "baseline"):
+        continue
+      diff = ours - 100 * values[reference]
+      np.testing.assert_allclose(figures[variant][key]["mean"], diff.mean())
+      np.testing.assert_allclose(figures[variant][key]["ci"], stats.t.interval(
+          0.95, 2, loc=diff.mean(), scale=stats.sem(diff)))
+      assert figures[variant][key]["positive"] == int((diff > 0).sum())
+  assert "vs_baseline" not in figures["baseline"]
+  md = experiments.markdown(summary)
+  assert "Difference to the baseline" in md and "| aprn |" in md
+
+
 @pytest.mark.slow
 def test_each_seeds_baseline_is_trained_once(studies):
   _, _, study, summary = studies
