@@ -6,6 +6,11 @@ or the user's faces from `config.data.manual_dir`: `face_folder` or `insightface
 (`input_pipeline.real`), stored at `config.data.stored_size`, with `config.data.skip_bad`.
 A real build's folder name carries a digest of manual_dir, so builds of different folders
 share one data_dir; a folder whose contents changed needs its build folder deleted.
+
+The crop is checked against the stored faces (`check_crop`): a config.data.crop_size that
+keeps less than 3/4 of the stored side is warned about, one that leaves most of the mean
+face's landmarks outside the network input (configs/tiny.py's 32 on faces stored at 112) is an
+error; both say which option to change.
 """
 import dataclasses
 import os
@@ -59,6 +64,37 @@ def load(config, workdir):
   return _load_real(config, workdir)
 
 
+# A crop keeping less of the stored side than this share is warned about (the paper keeps
+# 96 of 100 and 224 of 230); more than this share of the mean face's landmarks outside the
+# network input stops the run (the face is mostly cut away).
+MIN_CROP_SHARE = 0.75
+MAX_OUTSIDE_SHARE = 0.5
+
+
+def check_crop(config, stored_size, mean_face, where):
+  """Warns when config.data.crop_size keeps less than MIN_CROP_SHARE of the stored side;
+  raises when most points of `mean_face` (the network frame, [-1, 1] inside) lie outside.
+
+  Returns the share of landmarks outside.
+  """
+  crop = config.data.crop_size
+  outside = float(np.mean(np.any(np.abs(np.asarray(mean_face)) > 1.0, axis=1)))
+  fit_crop = int(np.ceil(0.9 * stored_size))
+  fit_stored = int(np.ceil(crop / 0.9))
+  fix = (f"crop nearer the stored side, e.g. --config.data.crop_size={fit_crop} (the network "
+         f"input stays config.data.image_size={config.data.image_size}), or store the faces "
+         f"smaller, e.g. --config.data.stored_size={fit_stored} for your own faces")
+  if outside > MAX_OUTSIDE_SHARE:
+    raise ValueError(
+        f"config.data.crop_size={crop} of the {stored_size}x{stored_size} images of {where} "
+        f"leaves {outside:.0%} of the mean face's landmarks outside the network input; {fix}")
+  if crop < MIN_CROP_SHARE * stored_size:
+    print(f"warning: config.data.crop_size={crop} keeps {crop / stored_size:.0%} of the side "
+          f"of the {stored_size}x{stored_size} images of {where} ({outside:.0%} of the mean "
+          f"face's landmarks outside the network input); {fix}", flush=True)
+  return outside
+
+
 def _train_data(config, builder, protocol_root, num_classes=None):
   """num_classes: the training identities (default: the label feature's class count)."""
   from input_pipeline import mean_face as mean_face_lib  # the data set's own modules
@@ -69,6 +105,7 @@ def _train_data(config, builder, protocol_root, num_classes=None):
                      f"{stored_size}x{stored_size} images of {builder.data_dir}")
   mean_face = to_network_frame(mean_face_lib.read(builder.data_dir), stored_size,
                                config.data.crop_size, config.data.image_size)
+  check_crop(config, stored_size, mean_face, builder.data_dir)
   num_examples = info.splits["train"].num_examples
   if num_examples * stored_size**2 * 3 <= IN_MEMORY_BYTES:
     # Decoded once, on the first epoch; later epochs fill their shuffle buffer from memory.

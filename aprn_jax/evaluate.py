@@ -8,7 +8,9 @@ path means the data set's own protocol files, which the synthetic faces provide)
 - `lfw`: `paths.lfw` is LFW's `pairs.txt`, `paths.lfw_images` the `<name>/<name>_NNNN.jpg`
   tree; folds = the 10 sets;
 - `bins`: insightface packs `<paths.bins>/<name>.bin` for each name in `config.eval.bins`
-  (e.g. lfw, cfp_fp, agedb_30); 10 contiguous folds; results under `bin_<name>`;
+  (e.g. lfw, cfp_fp, agedb_30); 10 contiguous folds; results under `bin_<name>`; a pack of
+  fewer than 10 pairs or of one kind of pair only gets the accuracy at the best threshold over
+  all its pairs and a `note` naming the file (an empty one: `skipped`);
 - `ijba`: IJB-A 1:1 (`paths.ijba` with split1..10, images under `paths.ijba_images`); TAR at
   FAR 1e-1..1e-4, mean and std over the splits;
 - `megaface`: MegaFace Challenge 1 style rank-1 and CMC (`paths.megaface_probes` FaceScrub-style
@@ -16,6 +18,12 @@ path means the data set's own protocol files, which the synthetic faces provide)
   list, or a folder holding one `megaface_features_list.json_<M>_<set>`, images under
   `paths.megaface_distractor_images`);
 - `multipie`: per-yaw rank-1 against the frontal gallery (`paths.multipie`).
+
+Before the first training step (`checked_paths`, which main.py runs once the data is built)
+every input the configured benchmarks read is opened with the reader evaluation uses: list
+files parsed, listed images found, the first image of each list and each .bin pack's pickle,
+layout and first image decoded; a problem stops the run naming the config.eval.paths option
+and the file.
 
 Images are read at the data set's stored size and go through the same centred crop and resize
 as evaluation batches in training (`preprocess.eval_transform`). Embeddings are
@@ -159,9 +167,31 @@ def _lfw(embed, files, pairs_file, image_root):
 
 
 def _bin(embed, files, path, stored_size):
+  """The pack's figures; a pack too small for the folds, or without both kinds of pair, gets
+  the accuracy at the best threshold over all its pairs and a `note`, an empty one a
+  `skipped` message (printed too), so the other benchmarks still run."""
   pack = files.read(insightface_bin.read_bin, path, stored_size)
-  return _pair_results(embed.images(pack.images), pack.pairs,
-                       np.arange(len(pack.pairs.is_same)))
+  pairs = pack.pairs
+  num_pairs, num_genuine = len(pairs.is_same), int(pairs.is_same.sum())
+  lacking = []
+  if len(np.unique(pairs.fold)) < 2:
+    lacking.append(f"{num_pairs} pairs, fewer than the {insightface_bin.NUM_FOLDS} folds")
+  if num_genuine in (0, num_pairs):
+    lacking.append(f"{num_genuine} genuine and {num_pairs - num_genuine} impostor pairs")
+  if not lacking:
+    return _pair_results(embed.images(pack.images), pairs, np.arange(num_pairs))
+  if not num_pairs:
+    message = f"{path}: no pairs; benchmark skipped"
+    print(f"warning: {message}", flush=True)
+    return {"skipped": message}
+  emb = embed.images(pack.images)
+  distances = verification.squared_distances(emb[pairs.index_a], emb[pairs.index_b])
+  accuracy, threshold = verification.best_threshold_accuracy(distances, pairs.is_same)
+  note = (f"{path}: {' and '.join(lacking)}, so no k-fold accuracy, AUC, EER or TAR; "
+          f"accuracy is at the best threshold over all pairs (chosen on them: optimistic)")
+  print(f"warning: {note}", flush=True)
+  return {"accuracy": accuracy, "threshold": threshold, "num_pairs": num_pairs,
+          "num_genuine": num_genuine, "note": note}
 
 
 def _ijba(embed, files, protocol_root, image_root):
@@ -268,10 +298,54 @@ _NEEDS = {"cfp_ff": ("cfp",), "cfp_fp": ("cfp",), "lfw": ("lfw", "lfw_images"),
           "multipie": ("multipie",)}
 
 
-def checked_paths(config, data):
-  """`benchmark_paths`, after checking that every configured benchmark has its files named.
+def _first_image(image_paths):
+  """Decodes the first image of a list: the image root and format are right."""
+  if len(image_paths):
+    images_lib.decode_image(images_lib.read_file_bytes(image_paths[0]), 8,
+                            f"image file {image_paths[0]}")
 
-  Runs before training too, so a missing path stops a run at its start, not at its end.
+
+def _input_checks(config, paths):
+  """[(option names, check)]: for each input the configured benchmarks read, a function that
+  opens it with the reader evaluation uses (list files parsed, listed images found, the
+  first image and each .bin pack's pickle and first image decoded)."""
+  checks = []
+  benchmarks = list(dict.fromkeys(config.eval.benchmarks))
+  if {"cfp_ff", "cfp_fp"} & set(benchmarks):  # FP also for the pose analyses
+    for protocol in sorted({b[-2:].upper() for b in benchmarks if b.startswith("cfp")} | {"FP"}):
+      checks.append((("cfp",), lambda p=protocol: _first_image(
+          cfp.read_cfp(paths["cfp"], p).paths)))
+  if "lfw" in benchmarks:
+    checks.append((("lfw", "lfw_images"), lambda: _first_image(
+        lfw.read_lfw(paths["lfw"], paths["lfw_images"]).paths)))
+  if "bins" in benchmarks:
+    for pack in dict.fromkeys(config.eval.bins):
+      checks.append((("bins",), lambda pack=pack: insightface_bin.check_bin(
+          os.path.join(paths["bins"], f"{pack}.bin"))))
+  if "ijba" in benchmarks:
+    checks.append((("ijba", "ijba_images"), lambda: [
+        _first_image(split.paths) for split in ijba.read_ijba(paths["ijba"],
+                                                              paths["ijba_images"])]))
+  if "megaface" in benchmarks:
+    checks.append((("megaface_probes", "megaface_probe_images"), lambda: _first_image(
+        megaface.read_probe_list(paths["megaface_probes"],
+                                 paths["megaface_probe_images"]).paths)))
+    checks.append((("megaface_distractors", "megaface_distractor_images"),
+                   lambda: _first_image(megaface.read_distractor_list(
+                       _distractor_list(paths["megaface_distractors"]),
+                       paths["megaface_distractor_images"]))))
+  if "multipie" in benchmarks:
+    checks.append((("multipie",), lambda: _first_image(
+        multipie.read_multipie(paths["multipie"]).gallery_paths)))
+  return checks
+
+
+def checked_paths(config, data, open_files=True):
+  """`benchmark_paths`, after checking that every configured benchmark has its files named
+  and, with `open_files`, that each opens and parses as evaluation will read it.
+
+  Runs before training too, so a missing or malformed evaluation file stops a run at its
+  start, not at its end; the error names the config.eval.paths option and the file.
   """
   paths = benchmark_paths(config, data)
   for benchmark in config.eval.benchmarks:
@@ -284,6 +358,14 @@ def checked_paths(config, data):
       if paths[name] is None:
         raise ValueError(f"config.eval.benchmarks holds {benchmark!r} but config.eval.paths."
                          f"{name} is empty and the data set has no files of its own for it")
+  if open_files:
+    for names, check in _input_checks(config, paths):
+      try:
+        check()
+      except (OSError, ValueError) as error:
+        options = ", ".join(f"config.eval.paths.{name}={paths[name]}" for name in names)
+        kind = FileNotFoundError if isinstance(error, FileNotFoundError) else ValueError
+        raise kind(f"an evaluation input is unreadable ({options}): {error}") from None
   return paths
 
 
@@ -292,7 +374,7 @@ def evaluate(config, data, recognizer, variables, files=None):
 
   files: a BenchmarkFiles shared by the phases evaluated one after the other.
   """
-  paths = checked_paths(config, data)
+  paths = checked_paths(config, data, open_files=False)  # the readers below check the files
   files = files or BenchmarkFiles()
   embed = Embedder(config, data, recognizer, variables)
   results = {}

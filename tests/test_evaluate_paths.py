@@ -1,11 +1,15 @@
-"""Where evaluation finds each benchmark's files: the data set's own, or config.eval.paths."""
+"""Where evaluation finds each benchmark's files: the data set's own, or config.eval.paths;
+that each is opened before training; and what a pack too small for the protocol gives."""
 import os
+import pickle
 
+import numpy as np
 import pytest
 
 from aprn_jax import data as data_lib
 from aprn_jax import evaluate
 from configs import default
+from input_pipeline.readers import insightface_bin
 
 
 def fake_data(protocol_root):
@@ -15,7 +19,7 @@ def fake_data(protocol_root):
 
 def test_empty_paths_are_the_data_sets_own_files():
   config = default.get_config()
-  paths = evaluate.checked_paths(config, fake_data("/data/protocols"))
+  paths = evaluate.checked_paths(config, fake_data("/data/protocols"), open_files=False)
   assert paths["cfp"] == "/data/protocols/cfp"
   assert paths["lfw"] == "/data/protocols/export/lfw/pairs.txt"
   assert paths["megaface_distractors"] == "/data/protocols/export/megaface"
@@ -30,7 +34,7 @@ def test_given_paths_win_and_real_data_needs_them(tmp_path):
   with pytest.raises(ValueError, match=r"config\.eval\.paths\.lfw_images is empty"):
     evaluate.checked_paths(config, fake_data(""))
   config.eval.paths.lfw_images = str(tmp_path)
-  paths = evaluate.checked_paths(config, fake_data(""))
+  paths = evaluate.checked_paths(config, fake_data(""), open_files=False)
   assert (paths["lfw"], paths["lfw_images"]) == (str(tmp_path / "pairs.txt"), str(tmp_path))
   assert paths["cfp"] is None  # not asked for, so not needed
 
@@ -62,3 +66,105 @@ def test_distractor_folder_must_hold_one_list(tmp_path):
   os.remove(tmp_path / "megaface_features_list.json_100_1")
   assert evaluate._distractor_list(str(tmp_path)).endswith("json_10_1")
 
+
+
+def _pack_images(num_pairs, genuine, seed=0):
+  """uint8 (2 num_pairs, 8, 8, 3): a genuine pair is one noise image and a slightly noisier
+  copy, an impostor pair two noise images."""
+  rng = np.random.default_rng(seed)
+  first = rng.integers(0, 256, (num_pairs, 8, 8, 3))
+  second = np.where(np.asarray(genuine)[:, None, None, None],
+                    first + rng.integers(-8, 9, first.shape),
+                    rng.integers(0, 256, first.shape))
+  return np.clip(np.stack([first, second], 1).reshape(-1, 8, 8, 3), 0, 255).astype(np.uint8)
+
+
+def _write_pack(path, genuine):
+  insightface_bin.write_bin(str(path), _pack_images(len(genuine), genuine), genuine,
+                            image_format="png")
+
+
+def _bins_config(folder, packs):
+  config = default.get_config()
+  config.eval.benchmarks = ("bins",)
+  config.eval.bins = packs
+  config.eval.paths.bins = str(folder)
+  return config
+
+
+def test_every_eval_input_is_opened_before_training(tmp_path):
+  """A pack missing from or broken in config.eval.paths.bins stops checked_paths (which
+  main.py runs before the first training step), naming the option and the file."""
+  _write_pack(tmp_path / "lfw.bin", [True, False] * 10)
+  config = _bins_config(tmp_path, ("lfw",))
+  evaluate.checked_paths(config, fake_data(""))
+  config.eval.bins = ("lfw", "agedb_30")
+  with pytest.raises(FileNotFoundError, match=r"config\.eval\.paths\.bins=.*: verification "
+                     r"pack not found: .*agedb_30\.bin"):
+    evaluate.checked_paths(config, fake_data(""))
+  (tmp_path / "agedb_30.bin").write_bytes(pickle.dumps(([b"not an image"] * 2, [True])))
+  with pytest.raises(ValueError, match=r"config\.eval\.paths\.bins=.*cannot decode image 0 "
+                     r"of .*agedb_30\.bin"):
+    evaluate.checked_paths(config, fake_data(""))
+
+
+@pytest.mark.parametrize("benchmark, option, make, message", [
+    ("lfw", "lfw", lambda root: (root / "pairs.txt").write_text("2\t1\nAnn 1 2\n"),
+     "pairs.txt"),
+    ("lfw", "lfw", lambda root: None, r"pairs\.txt"),
+    ("multipie", "multipie", lambda root: (root / "gallery.txt").write_text("a.png 1\n"),
+     r"probe\.txt"),
+    ("megaface", "megaface_probes", lambda root: None, r"list file not found: .*probes\.json"),
+    ("ijba", "ijba", lambda root: None, "split1"),
+    ("cfp_fp", "cfp", lambda root: None, "Protocol"),
+])
+def test_list_inputs_are_parsed_before_training(tmp_path, benchmark, option, make, message):
+  make(tmp_path)
+  config = default.get_config()
+  config.eval.benchmarks = (benchmark,)
+  config.eval.paths.update(
+      cfp=str(tmp_path), lfw=str(tmp_path / "pairs.txt"), lfw_images=str(tmp_path),
+      multipie=str(tmp_path), ijba=str(tmp_path), ijba_images=str(tmp_path),
+      megaface_probes=str(tmp_path / "probes.json"), megaface_probe_images=str(tmp_path),
+      megaface_distractors=str(tmp_path / "distractors.json"),
+      megaface_distractor_images=str(tmp_path))
+  with pytest.raises((ValueError, FileNotFoundError),
+                     match=rf"config\.eval\.paths\.{option}=.*{message}"):
+    evaluate.checked_paths(config, fake_data(""))
+
+
+class _PixelEmbedder:
+  """Stands in for the recognizer: the embedding of an image is its centred pixels."""
+
+  def __init__(self, *unused_args):
+    pass
+
+  def images(self, raw):
+    x = np.asarray(raw, np.float64).reshape(len(raw), -1)
+    x -= x.mean(axis=1, keepdims=True)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_packs_too_small_or_one_sided_report_what_they_can(tmp_path, monkeypatch, capsys):
+  """insightface's own test pack has only genuine pairs; a tiny pack has fewer pairs than
+  folds. Each gets the accuracy at the best threshold and a note naming it; the full pack
+  beside them keeps its k-fold figures."""
+  _write_pack(tmp_path / "lfw.bin", [True, False] * 10)
+  _write_pack(tmp_path / "genuine.bin", [True] * 12)
+  _write_pack(tmp_path / "tiny.bin", [True, False, True])
+  insightface_bin.write_encoded_bin(str(tmp_path / "empty.bin"), [], [])
+  monkeypatch.setattr(evaluate, "Embedder", _PixelEmbedder)
+  config = _bins_config(tmp_path, ("lfw", "genuine", "tiny", "empty"))
+  results = evaluate.evaluate(config, fake_data(""), None, None)
+  assert results["bin_lfw"]["accuracy"] == 1.0 and "auc" in results["bin_lfw"]
+  genuine, tiny = results["bin_genuine"], results["bin_tiny"]
+  assert genuine["accuracy"] == 1.0 and "auc" not in genuine
+  assert "12 genuine and 0 impostor pairs" in genuine["note"]
+  assert tiny["accuracy"] == 1.0 and tiny["num_pairs"] == 3
+  assert "3 pairs, fewer than the 10 folds" in tiny["note"]
+  assert results["bin_empty"] == {"skipped": f"{tmp_path / 'empty.bin'}: no pairs; "
+                                             "benchmark skipped"}
+  printed = capsys.readouterr().out
+  assert "genuine.bin" in printed and "tiny.bin" in printed and "empty.bin" in printed
+  table = evaluate.table({"baseline": results})
+  assert "bin_tiny accuracy" in table and "bin_lfw auc" in table

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import pickle
+import pickletools
 import struct
 
 import numpy as np
@@ -104,6 +105,98 @@ def test_bin_python2_pickle_and_numpy_bins(tmp_path, pair_images):
   pack = insightface_bin.read_bin(str(as_arrays), 8)
   np.testing.assert_array_equal(pack.images, pair_images)
   np.testing.assert_array_equal(pack.pairs.is_same, ISSAME)
+
+
+def _cv2_encoded(image):
+  """What cv2.imencode(".jpg", image)[1] holds: the JPEG's bytes as a uint8 (n, 1) array."""
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, format="JPEG", quality=95)
+  return np.frombuffer(buffer.getvalue(), np.uint8).reshape(-1, 1).copy()
+
+
+def _as_numpy1(data):
+  """A protocol 5 pickle as numpy 1 writes it: `numpy.core` where numpy 2 has `numpy._core`.
+
+  The opcodes are rewritten and the pickle re-framed, as no numpy 1 is installed here.
+  """
+  data = data.replace(b"\x8c\x13numpy._core.numeric", b"\x8c\x12numpy.core.numeric")
+  data = data.replace(b"\x8c\x16numpy._core.multiarray", b"\x8c\x15numpy.core.multiarray")
+  return pickletools.optimize(data)
+
+
+def _build_eval_pack(bins, issame, protocol=pickle.HIGHEST_PROTOCOL):
+  """The bytes insightface's build_eval_pack.py writes: pickle.dump((bins, issame_list), f,
+  protocol=pickle.HIGHEST_PROTOCOL), bins the cv2.imencode arrays, issame_list bools."""
+  return pickle.dumps((bins, [bool(same) for same in issame]), protocol=protocol)
+
+
+@pytest.mark.parametrize("layout", [
+    "build_eval_pack", "build_eval_pack_numpy1", "arrays_protocol2", "arrays_protocol3",
+    "arrays_protocol4", "flat_arrays_protocol5", "bytes_protocol2", "faces_emore"])
+def test_bin_reads_every_insightface_layout(tmp_path, pair_images, layout):
+  """Packs as insightface's tools write them read to the same images and pairs."""
+  arrays = [_cv2_encoded(image) for image in pair_images]
+  if layout == "build_eval_pack":
+    data = _build_eval_pack(arrays, ISSAME)
+    assert pickle.HIGHEST_PROTOCOL == 5 and b"numpy._core.numeric" in data
+  elif layout == "build_eval_pack_numpy1":
+    data = _as_numpy1(_build_eval_pack(arrays, ISSAME))
+    assert b"numpy.core.numeric" in data and b"numpy._core" not in data
+  elif layout.startswith("arrays_protocol"):
+    data = _build_eval_pack(arrays, ISSAME, protocol=int(layout[-1]))
+  elif layout == "flat_arrays_protocol5":
+    data = _build_eval_pack([a.ravel() for a in arrays], np.array(ISSAME), protocol=5)
+  elif layout == "bytes_protocol2":
+    data = _build_eval_pack([a.tobytes() for a in arrays], ISSAME, protocol=2)
+  else:  # the lfw.bin, cfp_fp.bin, agedb_30.bin of faces_emore: Python 2 str images
+    data = _python2_pickle([a.tobytes() for a in arrays], ISSAME)
+  path = tmp_path / f"{layout}.bin"
+  path.write_bytes(data)
+  pack = insightface_bin.read_bin(str(path), 8)
+  expected = np.stack([images.decode_image(a.tobytes(), 8) for a in arrays])
+  np.testing.assert_array_equal(pack.images, expected)
+  assert np.abs(pack.images.astype(int) - pair_images).mean() < 2
+  np.testing.assert_array_equal(pack.pairs.is_same, ISSAME)
+  np.testing.assert_array_equal(pack.pairs.fold, verification.contiguous_folds(NUM_PAIRS))
+  assert insightface_bin.check_bin(str(path)) == NUM_PAIRS
+
+
+class _Calls:
+  """Pickles as a call of `fn(*args)`: what a malicious pack would hold."""
+
+  def __init__(self, fn, *args):
+    self.fn, self.args = fn, args
+
+  def __reduce__(self):
+    return self.fn, self.args
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+@pytest.mark.parametrize("fn, name", [
+    (os.system, "posix.system"), (exec, r"(builtins|__builtin__)\.exec"),
+    (np.load, "numpy.load")])
+def test_bin_refuses_other_globals_without_running_them(tmp_path, pair_images, protocol, fn,
+                                                        name):
+  marker = tmp_path / "ran"
+  argument = {os.system: f"touch {marker}", exec: f"open({str(marker)!r}, 'w')",
+              np.load: str(marker)}[fn]
+  bins = [_cv2_encoded(image) for image in pair_images[:2]] + [_Calls(fn, argument)]
+  path = tmp_path / "evil.bin"
+  path.write_bytes(pickle.dumps((bins, [True]), protocol=protocol))
+  for read in (lambda: insightface_bin.read_bin(str(path), 8),
+               lambda: insightface_bin.check_bin(str(path))):
+    with pytest.raises(ValueError, match=f"evil.bin: not a verification pack pickle: .*"
+                       f"refers to {name}"):
+      read()
+  assert not marker.exists()
+
+
+def test_bin_of_fewer_pairs_than_folds_has_one_fold(tmp_path, pair_images):
+  path = tmp_path / "small.bin"
+  path.write_bytes(_build_eval_pack([_cv2_encoded(im) for im in pair_images[:8]],
+                                    [True, False, True, True]))
+  pack = insightface_bin.read_bin(str(path), 8)
+  np.testing.assert_array_equal(pack.pairs.fold, [0, 0, 0, 0])
 
 
 @pytest.mark.parametrize("contents, message", [

@@ -209,9 +209,9 @@ def test_reader_errors_name_the_file_and_record(tmp_path):
                                                          match="record 2 .* truncated"):
     reader.read(2)
   idx.write_text(f"0\t{offsets[0]}\n1\t99999\n")
-  with recordio.Reader(rec, idx) as reader, pytest.raises(ValueError,
-                                                         match="record 1 .*past the end"):
-    reader.read(1)
+  with pytest.raises(ValueError, match=r"train\.idx:2: record 1 at offset 99999 is past the "
+                                       r"end of .*train\.rec"):
+    recordio.Reader(rec, idx)  # on opening, before record 1 is read
   idx.write_text("0\t0\n1 zero\n")
   with pytest.raises(ValueError, match=r"train\.idx:2: offset 'zero' is not an integer"):
     recordio.Reader(rec, idx)
@@ -340,10 +340,6 @@ def _damage_rec(manual, what):
     data[offsets[2]:offsets[2] + 4] = b"\0\0\0\0"
   elif what == "truncated":
     data = data[:offsets[-1] + 40]
-  elif what == "past end":
-    offsets[2] = len(data) + 64
-    with open(idx, "w") as f:
-      f.write("".join(f"{i}\t{o}\n" for i, o in enumerate(offsets)))
   with open(rec, "wb") as f:
     f.write(bytes(data))
 
@@ -351,7 +347,6 @@ def _damage_rec(manual, what):
 REC_CASES = {
     "magic": (True, r"train\.rec: record 2 \(offset \d+, from .*train\.idx\): bad magic"),
     "truncated": (False, r"train\.rec: record 4 .*truncated record"),
-    "past end": (True, r"train\.rec: record 2 .*past the end of the file"),
 }
 
 
@@ -366,6 +361,32 @@ def test_insightface_rec_refuses_or_skips_broken_records(tmp_path, case):
   assert len(examples(builder)) == 4
   lines = skipped(builder)
   assert len(lines) == 1 and re.search(message, lines[0])
+
+
+def test_idx_line_past_the_end_is_an_error_even_unread(tmp_path):
+  """The last .idx line, an identity record the build never reads, points past train.rec."""
+  def edit(manual, unused_rows):
+    idx = os.path.join(manual, "train.idx")
+    with open(idx) as f:
+      lines = f.read().splitlines()
+    key = lines[-1].split()[0]
+    lines[-1] = f"{key}\t{os.path.getsize(os.path.join(manual, 'train.rec')) + 64}"
+    with open(idx, "w") as f:
+      f.write("\n".join(lines) + "\n")
+  manual, _ = write_rec_folder(tmp_path, edit=edit)
+  last = len(REC_LABELS) + 1 + len(set(REC_LABELS)) - 1  # header + images + identities
+  with pytest.raises(ValueError, match=rf"train\.idx:{last + 1}: record {last} at offset \d+ "
+                                       r"is past the end of .*train\.rec"):
+    build(builders.InsightfaceRec, manual, tmp_path / "tfds", skip_bad=True)
+
+
+def test_printed_skipped_path_is_the_final_one(tmp_path, capsys):
+  manual, _ = write_folder(tmp_path, FOLDER_CASES["truncated image"][0])
+  builder = build(builders.FaceFolder, manual, tmp_path / "tfds", skip_bad=True)
+  printed = re.search(r"\(listed in (\S+)\)", capsys.readouterr().err).group(1)
+  assert "incomplete" not in printed and os.path.isfile(printed)
+  assert printed == os.path.join(os.path.normpath(builder.data_dir), builders.SKIPPED_FILE)
+  assert len(skipped(builder)) == 1
 
 
 def test_malformed_idx_is_an_error_even_with_skip_bad(tmp_path):
@@ -397,3 +418,33 @@ def test_data_load_face_folder(tmp_path):
   config.data.manual_dir = str(tmp_path / "nowhere")
   with pytest.raises(ValueError, match="config.data.manual_dir"):
     data_lib.load(config, str(tmp_path / "work"))
+
+
+def test_crop_keeping_little_of_the_face_warns(tmp_path, capsys):
+  """configs/tiny.py on faces stored at 112: random 32x32 patches of 112x112 faces."""
+  manual, _ = write_folder(tmp_path)
+  config = tiny.get_config()
+  config.data.update(name="face_folder", manual_dir=manual, stored_size=112,
+                     data_dir=str(tmp_path / "data"))
+  data_lib.load(config, str(tmp_path / "work"))
+  printed = capsys.readouterr().out
+  assert re.search(r"warning: config\.data\.crop_size=32 keeps 29% of the side of the "
+                   r"112x112 images .*--config\.data\.crop_size=101 .*"
+                   r"--config\.data\.stored_size=36", printed)
+  config.data.update(crop_size=100, image_size=32)  # the fix: no warning
+  data_lib.load(config, str(tmp_path / "work"))
+  assert "warning" not in capsys.readouterr().out
+
+
+def test_crop_leaving_most_landmarks_outside_is_an_error():
+  config = tiny.get_config()
+  grid = np.linspace(0.2 * 112, 0.8 * 112, 8)
+  face = np.stack(np.meshgrid(grid, grid), -1).reshape(-1, 2)[:51]  # a face 67 px wide
+  mean = data_lib.to_network_frame(face, 112, 32, 32)
+  with pytest.raises(ValueError, match=r"config\.data\.crop_size=32 of the 112x112 images of "
+                                       r"/data/x leaves \d+% of the mean face's landmarks "
+                                       r"outside the network input; .*crop_size=101"):
+    data_lib.check_crop(config, 112, mean, "/data/x")
+  config.data.crop_size = 100
+  assert data_lib.check_crop(config, 112, data_lib.to_network_frame(face, 112, 100, 32),
+                             "/data/x") == 0

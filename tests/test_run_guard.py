@@ -1,5 +1,7 @@
-"""The workdir guard: one config's run per workdir, across versions of the config."""
+"""The workdir guard: one config's run per workdir, across versions of the config, and
+nothing of a run that never trained (a failed data build) blocks the corrected rerun."""
 import json
+import os
 
 import pytest
 
@@ -13,9 +15,46 @@ def test_workdir_of_an_older_config_resumes_unless_a_new_field_changed(tmp_path)
   saved = json.loads(config.to_json())
   del saved["data"]["skip_bad"], saved["data"]["stored_size"]
   workdir = tmp_path / "wd"
-  workdir.mkdir()
+  (workdir / "baseline").mkdir(parents=True)  # the run trained
   (workdir / "config.json").write_text(json.dumps(saved))
   run.guard_workdir(config, str(workdir))  # the same run
   config.data.skip_bad = True
+  with pytest.raises(ValueError, match=r"differs in: data\.skip_bad"):
+    run.guard_workdir(config, str(workdir))
+
+
+class _Stop(Exception):
+  pass
+
+
+def test_failed_data_build_leaves_nothing_that_blocks_the_fix(tmp_path, monkeypatch):
+  """A build that stops on a bad image, rerun with skip_bad=True, is not refused."""
+  config = default.get_config()
+  workdir = str(tmp_path / "wd")
+  def failed_build(unused_config, unused_workdir):
+    raise ValueError("manual/bo/1.jpg: cannot decode the image")
+  monkeypatch.setattr(run.data_lib, "load", failed_build)
+  with pytest.raises(ValueError, match="cannot decode"):
+    run.main(config, workdir, "train")
+  assert not os.path.exists(os.path.join(workdir, "config.json"))
+  config.data.skip_bad = True
+  def built(unused_config, unused_workdir):
+    raise _Stop  # the build went through; the guard let it
+  monkeypatch.setattr(run.data_lib, "load", built)
+  with pytest.raises(_Stop):
+    run.main(config, workdir, "train")
+
+
+def test_config_of_a_run_that_never_trained_is_replaced(tmp_path, capsys):
+  """A config.json beside no phase folder (as older versions left after a failed build)."""
+  config = default.get_config()
+  workdir = tmp_path / "wd"
+  run.guard_workdir(config, str(workdir))
+  config.data.skip_bad = True
+  run.guard_workdir(config, str(workdir))
+  assert "differs in: data.skip_bad); this config replaces it" in capsys.readouterr().out
+  assert json.loads((workdir / "config.json").read_text())["data"]["skip_bad"] is True
+  (workdir / "aprn").mkdir()
+  config.data.skip_bad = False
   with pytest.raises(ValueError, match=r"differs in: data\.skip_bad"):
     run.guard_workdir(config, str(workdir))

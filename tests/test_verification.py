@@ -168,3 +168,14 @@ def test_bad_inputs_raise():
     verification.evaluate_distances([0.1, 0.2], [2, 0], [0, 1])
   with pytest.raises(ValueError, match="impostor"):
     verification.roc_curve([0.1, 0.2], [True, True])
+
+
+def test_best_threshold_accuracy_over_all_pairs():
+  """What a set too small for folds, or of genuine pairs only, still gives."""
+  distances = np.array([0.2, 0.5, 0.8, 1.0, 2.5])
+  accuracy, threshold = verification.best_threshold_accuracy(
+      distances, [True, True, False, True, False])
+  assert accuracy == 0.8 and threshold == pytest.approx(0.51)  # the smallest of the best
+  assert verification.best_threshold_accuracy(distances, [True] * 5) == (1.0, pytest.approx(2.51))
+  with pytest.raises(ValueError, match="non-empty"):
+    verification.best_threshold_accuracy([], [])

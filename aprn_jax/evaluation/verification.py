@@ -193,6 +193,24 @@ def evaluate_distances(distances, issame, fold_ids, thresholds=THRESHOLDS, fars=
   )
 
 
+def best_threshold_accuracy(distances, issame, thresholds=THRESHOLDS):
+  """(accuracy, threshold) at the threshold with the best accuracy over all `pairs` at once.
+
+  What a set too small for k folds, or of one kind of pair only, still gives; the threshold
+  is chosen on the pairs it scores, so the accuracy is optimistic (no held-out fold).
+  """
+  distances = np.asarray(distances, np.float64)
+  if distances.ndim != 1 or not len(distances) or not np.all(np.isfinite(distances)):
+    raise ValueError(f"distances: expected a finite, non-empty 1-D array, got shape "
+                     f"{distances.shape}")
+  issame = _check_labels("issame", issame, len(distances))
+  thresholds = np.asarray(thresholds, np.float64)
+  correct = _correct_counts(distances, issame, np.zeros(len(distances), np.int64), 1,
+                            thresholds)[0]
+  best = int(np.argmax(correct))
+  return float(correct[best] / len(distances)), float(thresholds[best])
+
+
 def evaluate(embeddings1, embeddings2, issame, fold_ids, fars=DEFAULT_FARS):
   """`evaluate_distances` of pairs of L2-normalised embeddings, (N, D) each."""
   return evaluate_distances(

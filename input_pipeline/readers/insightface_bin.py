@@ -1,16 +1,25 @@
 """Reader and writer for insightface verification packs (`lfw.bin`, `cfp_fp.bin`, ...).
 
 A pack is a pickle of (bins, issame_list): bins holds 2N encoded images (JPEG as insightface
-writes them; anything Pillow reads), pair i being images 2i and 2i + 1, each as bytes or a
-1-D uint8 numpy array; issame_list holds N booleans. Packs pickled by Python 2 hold the
-images as `str` and are loaded with encoding='bytes', as insightface loads them. Folds are
-insightface's: 10 contiguous blocks of pairs in file order (KFold without shuffle), the first
-N % 10 blocks one pair longer.
+writes them; anything Pillow reads), pair i being images 2i and 2i + 1; issame_list holds N
+booleans. Every layout insightface's tools write is read:
+- the faces_emore / MS1M-ArcFace packs: Python 2 pickles (protocol 2) of `str` images, loaded
+  with encoding='bytes' as insightface loads them;
+- `build_eval_pack.py`: the uint8 arrays `cv2.imencode` returns, shape (n, 1), pickled with
+  pickle.HIGHEST_PROTOCOL (5 on Python 3.8+), which refers to numpy's `_frombuffer`
+  (`numpy.core.numeric` under numpy 1, `numpy._core.numeric` under numpy 2);
+- bytes, bytearrays and 1-D uint8 arrays, at protocols 2 to 5.
+Folds are insightface's: 10 contiguous blocks of pairs in file order (KFold without shuffle),
+the first N % 10 blocks one pair longer; a pack of fewer pairs than folds has every pair in
+fold 0, and `aprn_jax.evaluate` reports it without k-fold figures.
 
-Only the types a pack holds are unpickled (numpy arrays, bytes, lists, booleans); a pickle
-that names anything else is refused, so a pack cannot run code when read.
+Only the types a pack holds are unpickled (numpy arrays, bytes, lists, booleans): the names a
+pickle refers to are looked up in a fixed table, never imported, so a pickle that names
+anything else (os.system, ...) is refused before anything runs.
 """
+import codecs
 import dataclasses
+import importlib
 import io
 import os
 import pickle
@@ -24,17 +33,37 @@ from input_pipeline.readers import images as images_lib
 
 NUM_FOLDS = 10
 FORMATS = ("jpeg", "png")
-# What numpy arrays and scalars (numpy 1 and 2 names) and Python 3 bytes pickled at protocol
-# <= 2 need.
-_ALLOWED_GLOBALS = {
-    ("_codecs", "encode"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "scalar"),
-}
+
+
+def _numpy_attribute(submodule, name):
+  """numpy's `_core.<submodule>.<name>` (numpy 2), or `core.<submodule>.<name>` (numpy 1)."""
+  for package in ("numpy._core", "numpy.core"):
+    try:
+      module = importlib.import_module(f"{package}.{submodule}")
+    except ImportError:
+      continue
+    if hasattr(module, name):
+      return getattr(module, name)
+  raise ImportError(f"numpy has no {submodule}.{name}")
+
+
+def _allowed_globals():
+  """{(module, name): object} of every name a pickled pack may refer to.
+
+  numpy 1 and numpy 2 spell the module paths differently (numpy.core / numpy._core); both
+  spellings map to the installed numpy's object, so a pack reads under either numpy.
+  """
+  allowed = {("_codecs", "encode"): codecs.encode,  # bytes at protocol <= 2
+             ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+  for submodule, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"),
+                          ("numeric", "_frombuffer")):  # _frombuffer: protocol 5 arrays
+    value = _numpy_attribute(submodule, name)
+    for package in ("numpy.core", "numpy._core"):
+      allowed[(f"{package}.{submodule}", name)] = value
+  return allowed
+
+
+_ALLOWED_GLOBALS = _allowed_globals()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,10 +83,11 @@ class _PackUnpickler(pickle.Unpickler):
   """An unpickler that builds only the types a verification pack holds."""
 
   def find_class(self, module, name):
+    # Looked up, not imported: nothing outside the table is ever touched.
     if (module, name) not in _ALLOWED_GLOBALS:
       raise pickle.UnpicklingError(
           f"it refers to {module}.{name}, which a verification pack does not hold")
-    return super().find_class(module, name)
+    return _ALLOWED_GLOBALS[(module, name)]
 
 
 def _unpickle(path):
@@ -74,10 +104,12 @@ def _unpickle(path):
 
 
 def _encoded(path, index, item):
-  """The bytes of image `index` of the pack, from bytes or a 1-D uint8 array."""
+  """The bytes of image `index` of the pack, from bytes or a uint8 array: 1-D, or the (n, 1)
+  that cv2.imencode returns (any shape with one axis longer than 1)."""
   if isinstance(item, (bytes, bytearray, memoryview)):
     return bytes(item)
-  if isinstance(item, np.ndarray) and item.ndim == 1 and item.dtype in (np.uint8, np.int8):
+  if (isinstance(item, np.ndarray) and item.dtype in (np.uint8, np.int8)
+      and item.size == max(item.shape, default=0) and item.ndim <= 2):
     return item.tobytes()
   shape = getattr(item, "shape", "")
   raise ValueError(f"{path}: image {index} is a {type(item).__name__}{shape}, not encoded "
@@ -87,6 +119,8 @@ def _encoded(path, index, item):
 def _is_same(path, issame):
   """bool (N,) from the pack's issame_list, which must hold booleans (or 0/1)."""
   values = np.asarray(issame)
+  if values.shape == (0,):  # an empty list is float64 to numpy
+    return np.zeros(0, bool)
   if values.ndim != 1 or not (values.dtype == bool or (
       values.dtype.kind in "iu" and np.all((values == 0) | (values == 1)))):
     raise ValueError(f"{path}: issame_list must be a list of N booleans, got "
@@ -95,8 +129,15 @@ def _is_same(path, issame):
   return values.astype(bool)
 
 
-def read_bin(path, size, num_folds=NUM_FOLDS, num_threads=8):
-  """The pack at `path`, its images decoded at `size` x `size` (see `readers.images`)."""
+def _folds(num_pairs, num_folds):
+  """Contiguous folds; all pairs in fold 0 when there are fewer pairs than folds."""
+  if num_pairs < num_folds:
+    return np.zeros(num_pairs, np.int32)
+  return contiguous_folds(num_pairs, num_folds).astype(np.int32)
+
+
+def _pack_contents(path):
+  """(encoded images as bytes, is_same (N,)) of the pack at `path`, its structure checked."""
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"verification pack not found: {path}")
@@ -115,7 +156,22 @@ def read_bin(path, size, num_folds=NUM_FOLDS, num_threads=8):
   if len(bins) != 2 * len(is_same):
     raise ValueError(f"{path}: {len(bins)} images make {len(bins) // 2} pairs, but "
                      f"issame_list has {len(is_same)} entries")
-  encoded = [_encoded(path, i, item) for i, item in enumerate(bins)]
+  return [_encoded(path, i, item) for i, item in enumerate(bins)], is_same
+
+
+def check_bin(path):
+  """The number of pairs of the pack at `path`, after checking its pickle and layout and
+  decoding its first image (what runs before training; `read_bin` decodes them all)."""
+  encoded, is_same = _pack_contents(path)
+  if encoded:
+    images_lib.decode_images(encoded[:1], 8, [f"image 0 of {os.fspath(path)}"], 1)
+  return len(is_same)
+
+
+def read_bin(path, size, num_folds=NUM_FOLDS, num_threads=8):
+  """The pack at `path`, its images decoded at `size` x `size` (see `readers.images`)."""
+  path = os.fspath(path)
+  encoded, is_same = _pack_contents(path)
   decoded = images_lib.decode_images(encoded, size,
                                      [f"image {i} of {path}" for i in range(len(encoded))],
                                      num_threads)
@@ -128,7 +184,7 @@ def read_bin(path, size, num_folds=NUM_FOLDS, num_threads=8):
           index_a=index_a,
           index_b=index_a + 1,
           is_same=is_same,
-          fold=contiguous_folds(num_pairs, num_folds).astype(np.int32),
+          fold=_folds(num_pairs, num_folds),
           landmarks=None))
 
 

@@ -26,8 +26,9 @@ landmarks are missing, of another count, not finite, or outside the image (any o
 points outside [0, width] x [0, height] of the file's image); an identity folder with no
 image; a record that cannot be read or whose label is not a whole number >= 0. With
 `skip_bad=True` these are skipped instead, counted, and listed in `skipped.txt` beside the
-data (written on every build, empty when nothing was skipped). Broken .idx lines and
-ill-formed landmark tables are always errors.
+data (written on every build, empty when nothing was skipped; the printed path is the final
+data folder's). Broken .idx lines (ill-formed, or pointing past the end of train.rec, checked
+for every line when the .rec is opened) and ill-formed landmark tables are always errors.
 
 Beside the data, as for the synthetic set: `mean_face.npy`, the mean landmarks of the images
 whose estimated |yaw| < mean_face_max_yaw (`mean_face.read(builder.data_dir)`).
@@ -306,8 +307,9 @@ class RealFacesBuilder(tfds.core.GeneratorBasedBuilder):
       raise ValueError(f"{what}: no image has an estimated |yaw| < {config.mean_face_max_yaw} "
                        f"degrees, so there is no frontal mean face; raise mean_face_max_yaw")
     mean_face.write(self.data_dir, (frontal_sum / frontal_count).astype(np.float32))
-    # While TFDS prepares, data_dir is a temporary sibling of the final folder.
-    final = os.path.join(os.path.dirname(self.data_dir), str(self.version))
+    # While TFDS prepares, data_dir is a temporary sibling of the final folder,
+    # `<parent>/incomplete.XXXXXX_<version>/` (its trailing slash hid it from dirname).
+    final = os.path.join(os.path.dirname(os.path.normpath(self.data_dir)), str(self.version))
     empty = int((per_label == 0).sum())
     _say(f"{what}: wrote {kept} images of {len(plan.names) - empty} identities in "
          f"{progress.seconds():.1f} s; skipped {len(skipped)}"
