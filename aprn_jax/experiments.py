@@ -494,15 +494,15 @@ MAIN_FIGURES = (("CFP-FF", "cfp_ff accuracy"), ("CFP-FP", "cfp_fp accuracy"),
                 ("noise test L1", "noise_test l1_mean"))
 
 
-def _cell(entry, diff=None):
+def _cell(entry, diff=None, digits=2):
   """A table cell: the mean over seeds, or with diff="vs_control" | "vs_baseline" the
   paired difference; +- the half-width of the 95% t interval."""
   if entry is None or (diff and diff not in entry):
     return "-"
   value = entry[diff] if diff else entry
-  text = f"{value['mean']:+.2f}" if diff else f"{value['mean']:.2f}"
+  text = f"{value['mean']:+.{digits}f}" if diff else f"{value['mean']:.{digits}f}"
   if value["ci"] is not None:
-    text += f" +- {(value['ci'][1] - value['ci'][0]) / 2:.2f}"
+    text += f" +- {(value['ci'][1] - value['ci'][0]) / 2:.{digits}f}"
   if diff:
     text += f" ({value['positive']}/{len(value['per_seed'])})"
   return text
@@ -512,7 +512,11 @@ def markdown(summary):
   """summary.md: the variants' means and their paired differences to the control."""
   figs = summary["figures"]
   columns = [(h, f) for h, f in MAIN_FIGURES if f in figs]
-  columns += [(f"probe L1 {f.split()[1]}", f) for f in figs if f.startswith("landmark_probe")]
+  probes = sorted((f for f in figs if f.startswith("landmark_probe")),
+                  key=lambda f: (f.split()[1] != "stem", f))  # stem first, then by depth
+  columns += [(f"probe L1 {f.split()[1]}", f) for f in probes]
+  # L1s (normalised frame) differ in the third decimal; percentages in the first.
+  digits = lambda f: 4 if f.startswith(("landmark_probe", "noise_test")) else 2
   seeds = len(summary["seeds"])
   head = "| variant | " + " | ".join(h for h, _ in columns) + " |"
   rule = "| --- " * (len(columns) + 1) + "|"
@@ -520,7 +524,7 @@ def markdown(summary):
            f"Mean over seeds +- half-width of the 95% t interval (figures in %, L1 in the "
            f"normalised landmark frame).", "", head, rule]
   for variant in summary["variants"]:
-    lines.append(f"| {variant} | " + " | ".join(_cell(figs[f].get(variant))
+    lines.append(f"| {variant} | " + " | ".join(_cell(figs[f].get(variant), digits=digits(f))
                                                 for _, f in columns) + " |")
   for diff, reference, what in (
       ("vs_control", CONTROL, f"the control ({CONTROL}: the same fine-tuning, D a probe only)"),
@@ -529,8 +533,9 @@ def markdown(summary):
               f"interval (seeds where it is positive / seeds).", "", head, rule]
     for variant in summary["variants"]:
       if variant not in (reference, BASELINE):
-        lines.append(f"| {variant} | " + " | ".join(_cell(figs[f].get(variant), diff=diff)
-                                                    for _, f in columns) + " |")
+        lines.append(f"| {variant} | " + " | ".join(
+            _cell(figs[f].get(variant), diff=diff, digits=digits(f)) for _, f in columns)
+                     + " |")
   return "\n".join(lines) + "\n"
 
 
