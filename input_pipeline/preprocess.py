@@ -91,10 +91,12 @@ def _crop_resize_flip(example, offset_y, offset_x, flip, *, crop_size, image_siz
   """Crops the square at (offset_y, offset_x), mirrors it where `flip`, resizes it."""
   image = example["image"]
   shape = tf.shape(image)
-  tf.debugging.assert_less_equal(
+  check = tf.debugging.assert_less_equal(
       crop_size, tf.minimum(shape[0], shape[1]),
       message=f"crop_size {crop_size} is larger than an image of the data set")
-  image = image[offset_y:offset_y + crop_size, offset_x:offset_x + crop_size]
+  # The check must run before the crop's shape is asserted, or that error may come first.
+  with tf.control_dependencies([check]):
+    image = tf.identity(image)[offset_y:offset_y + crop_size, offset_x:offset_x + crop_size]
   image = tf.ensure_shape(image, [crop_size, crop_size, 3])
   image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
   image = tf.cast(image, tf.float32)
