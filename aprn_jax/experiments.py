@@ -342,9 +342,12 @@ def execute(study, run_, split, data_cache, progress, analysis_inputs):
                          f"finished ({baseline_done} is missing)")
     os.makedirs(workdir, exist_ok=True)
     _link_baseline(study, run_)
-  run.guard_workdir(config, workdir)
+  # As main.py: config.json is written only once the data is built and the inputs checked.
+  unrecorded = run.guard_workdir(config, workdir, record=False)
   data = _load_data(data_cache, config, workdir)
   evaluate.checked_paths(config, data)
+  if unrecorded:
+    run.record_config(config, workdir)
   phase = trainer.train(config, data, workdir, log_prefix=progress.prefix)[run_.phase]
   lead = jax.process_index() == 0
   if not os.path.exists(results_path(study, run_, split)):

@@ -39,8 +39,9 @@ def guard_workdir(config, workdir, record=True):
   what is trained. Fields missing from the saved config count as their default value. A
   config.json beside no phase folder is from a run that never trained (its data build
   failed, say): it guards nothing, so another config replaces it rather than being refused.
-  record: write config.json when absent or replaced (main.py records it only once the data
-  is built and the evaluation inputs are checked, right before training).
+  record: write config.json when absent or replaced; with record=False, returns whether it
+  is yet to be written (`record_config`: main.py records it only once the data is built and
+  the evaluation inputs are checked, right before training).
   """
   path = os.path.join(workdir, "config.json")
   current = json.loads(config.to_json())
@@ -61,7 +62,7 @@ def guard_workdir(config, workdir, record=True):
                     if not k.startswith(("eval.", "analysis."))
                     and flat_saved.get(k) != flat_current.get(k))
     if not differ:
-      return
+      return False
     if _has_trained(workdir):
       raise ValueError(
           f"workdir {workdir} holds a run of another config (differs in: {', '.join(differ)}); "
@@ -69,9 +70,17 @@ def guard_workdir(config, workdir, record=True):
     print(f"{path}: a run that never trained (no {' or '.join(trainer.PHASES)} folder) had "
           f"another config (differs in: {', '.join(differ)}); this config replaces it",
           flush=True)
-  if record and jax.process_index() == 0:
+  if not record:
+    return True
+  record_config(config, workdir)
+  return False
+
+
+def record_config(config, workdir):
+  """Writes the workdir's config.json (once `guard_workdir` has let the config in)."""
+  if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    _write_json(path, current)
+    _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
 
 
 def _evaluate_phases(config, data, phases_and_variables, out_name, workdir):
@@ -90,11 +99,11 @@ def _evaluate_phases(config, data, phases_and_variables, out_name, workdir):
 def main(config, workdir, mode, step=None):
   if mode == "train":
     trainer.check_train_config(config)  # before the data set is built
-  guard_workdir(config, workdir, record=False)  # a failed build leaves no config.json
+  unrecorded = guard_workdir(config, workdir, record=False)  # a failed build leaves none
   data = data_lib.load(config, workdir)
   evaluate.checked_paths(config, data)  # a bad evaluation file stops the run before training
-  if mode == "train":
-    guard_workdir(config, workdir)  # from here on the workdir holds this config's run
+  if mode == "train" and unrecorded:
+    record_config(config, workdir)  # from here on the workdir holds this config's run
   if mode == "analyse":
     return analyse.analyse(config, data, workdir, step)
   if mode == "train":

@@ -286,7 +286,7 @@ def no_face_hint(no_face, total, upsample_below, aligned):
   """The likely cause of finding no face in most images, and the flags; None otherwise."""
   if not total or no_face * 2 <= total:
     return None
-  larger = max(2 * (upsample_below or DEFAULT_UPSAMPLE_BELOW), 2 * DEFAULT_UPSAMPLE_BELOW)
+  larger = 2 * max(upsample_below, DEFAULT_UPSAMPLE_BELOW)
   return (f"annotate: no face detected in {no_face} of {total} images. dlib's detector finds "
           f"faces of about {_SMALLEST_FACE} pixels or more (40 after its own 2x pass): the "
           f"faces are likely too small. Images under --upsample_below={upsample_below} "
