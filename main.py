@@ -7,7 +7,10 @@
 --mode=train (default) runs the configured phases (a finished phase is skipped, an unfinished
 one resumes from its last checkpoint), then evaluates each phase's final recognizer and prints
 the table (also written to <workdir>/results.json). --mode=eval restores the recognizer alone
-from each phase's latest checkpoint (or --step) and writes <workdir>/eval.json. --mode=analyse
+from each phase's latest checkpoint (or --step) and writes <workdir>/eval.json. For your own
+faces (face_folder, insightface_rec) eval reads what it needs of the training data from
+<workdir>/data.json, written by training, so it runs once the image folder and its build are
+gone. --mode=analyse
 runs the paper's pose-invariance analyses (config.analysis) on the same checkpoints and writes
 <workdir>/analysis/analysis.json and PNGs.
 Any config field can be overridden: --config.aprn.alpha=0.3 --config.train.batch_size=128.

@@ -6,6 +6,9 @@ or the user's faces from `config.data.manual_dir`: `face_folder` or `insightface
 (`input_pipeline.real`), stored at `config.data.stored_size`, with `config.data.skip_bad`.
 A real build's folder name carries a digest of manual_dir, so builds of different folders
 share one data_dir; a folder whose contents changed needs its build folder deleted.
+Training saves the data's description (`DataInfo`) in the workdir, so evaluating the user's
+faces needs neither manual_dir nor the build; the synthetic faces are opened (built if gone)
+for evaluation too, as their build writes the benchmark files of config.eval.split.
 
 The crop is checked against the stored faces (`check_crop`): a config.data.crop_size that
 keeps less than 3/4 of the stored side is warned about, one that leaves most of the mean
@@ -23,16 +26,34 @@ from input_pipeline import preprocess
 
 
 @dataclasses.dataclass
-class TrainData:
-  dataset_fn: Callable          # () -> unshuffled tf.data.Dataset of training examples
+class DataInfo:
+  """What a trained model and its evaluation need of the training data, without the data.
+
+  Training saves it beside the checkpoints (<workdir>/data.json, `run.record_data`), so eval
+  and analyse of the user's own faces run once their images are gone.
+  """
   num_examples: int
   num_classes: int
   num_landmarks: int
   stored_size: int              # side of the stored (square) images
   mean_face: np.ndarray         # (M, 2) float32, normalised [-1, 1] over the network input
-  protocol_root: str            # the data set's own benchmark files (evaluate.DEFAULT_PATHS)
-                                # of config.eval.split's identities; "" for real data
-                                # (config.eval.paths names them)
+  protocol_root: str            # the data set's own benchmark files (the defaults of empty
+                                # config.eval.paths entries) of config.eval.split's
+                                # identities; "" for real data (config.eval.paths names them)
+
+  def to_json(self):
+    value = {f.name: getattr(self, f.name) for f in dataclasses.fields(DataInfo)}
+    value["mean_face"] = np.asarray(self.mean_face).tolist()  # float32 -> JSON: exact
+    return value
+
+  @staticmethod
+  def from_json(value):
+    return DataInfo(**{**value, "mean_face": np.asarray(value["mean_face"], np.float32)})
+
+
+@dataclasses.dataclass
+class TrainData(DataInfo):
+  dataset_fn: Callable          # () -> unshuffled tf.data.Dataset of training examples
 
 
 def data_dir(config, workdir):

@@ -348,6 +348,7 @@ def execute(study, run_, split, data_cache, progress, analysis_inputs):
   evaluate.checked_paths(config, data)
   if unrecorded:
     run.record_config(config, workdir)
+  run.record_data(data, workdir)
   phase = trainer.train(config, data, workdir, log_prefix=progress.prefix)[run_.phase]
   lead = jax.process_index() == 0
   if not os.path.exists(results_path(study, run_, split)):
@@ -399,8 +400,7 @@ def _analysis_inputs():
     key = json.dumps({"data": config.data.to_dict(), "split": config.eval.split,
                       "analysis": config.analysis.to_dict()}, sort_keys=True)
     if key not in cache:
-      held_out = landmark_probe.cfp_images(config, data,
-                                           os.path.join(data.protocol_root, "cfp"))
+      held_out = landmark_probe.cfp_images(config, data, analyse.cfp_root(config, data))
       train_set = landmark_probe.train_images(config, data,
                                               config.analysis.probe_train_images)
       cache[key] = (train_set, held_out)

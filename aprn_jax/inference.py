@@ -1,4 +1,6 @@
 """Inference: the backbone alone (D and the identity head are not used), L2-normalised."""
+import functools
+
 import jax
 import numpy as np
 
@@ -10,6 +12,14 @@ def backbone_variables(recognizer_variables):
   return {kind: {"backbone": tree["backbone"]} for kind, tree in recognizer_variables.items()}
 
 
+@functools.lru_cache(maxsize=8)
+def _pmapped_embed(recognizer):
+  """One pmapped (so compiled once) embedding per recognizer architecture: the phases of a
+  run, and every evaluation in one process, share it (modules compare by their fields)."""
+  return jax.pmap(lambda v, x: recognizer.apply(v, x, method=Recognizer.embed),
+                  in_axes=(None, 0))
+
+
 def make_embed_fn(recognizer, variables):
   """images (B, H, W, 3) float32 in [-1, 1] -> (B, D) unit-norm float32 embeddings.
 
@@ -18,8 +28,7 @@ def make_embed_fn(recognizer, variables):
   """
   variables = backbone_variables(variables)
   devices = jax.local_devices()
-  apply = jax.pmap(lambda v, x: recognizer.apply(v, x, method=Recognizer.embed),
-                   in_axes=(None, 0))
+  apply = _pmapped_embed(recognizer)
 
   def embed(images):
     images = np.asarray(images, np.float32)

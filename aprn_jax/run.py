@@ -1,4 +1,9 @@
-"""What main.py runs: the workdir's config guard, training phases, evaluation and the table."""
+"""What main.py runs: the workdir's config guard, training phases, evaluation and the table.
+
+Training records the config (config.json) and the training data's description (data.json,
+`data_lib.DataInfo`) in the workdir; eval and analyse of the user's own faces read the latter
+and the checkpoints, so they run without the training images or their build.
+"""
 import json
 import os
 
@@ -83,6 +88,42 @@ def record_config(config, workdir):
     _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
 
 
+def record_data(data, workdir):
+  """Writes <workdir>/data.json: what eval and analyse need of the training data."""
+  if jax.process_index() == 0:
+    _write_json(os.path.join(workdir, "data.json"), data.to_json())
+
+
+def saved_data(workdir):
+  """The `data_lib.DataInfo` training saved in `workdir`; None if it has none (a run
+  trained before data.json was written)."""
+  path = os.path.join(workdir, "data.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    try:
+      return data_lib.DataInfo.from_json(json.load(f))
+    except (ValueError, TypeError, KeyError) as e:
+      raise ValueError(f"{path} is not a readable data description ({e}); move it away to "
+                       f"open the training data instead (--mode=train writes it again)") from e
+
+
+def _data(config, workdir, mode):
+  """The training data, or for eval and analyse of the user's own faces its saved description,
+  so they need neither manual_dir nor the build. analyse still opens the data when manual_dir
+  is there and probes are configured (they train on its images). The synthetic faces are
+  always opened: their build writes the benchmark files of config.eval.split. A run trained
+  before data.json was written opens its data as well."""
+  if mode == "train" or config.data.name == "synthetic_faces":
+    return data_lib.load(config, workdir)
+  saved = saved_data(workdir)
+  wants_images = (mode == "analyse" and analyse.probe_taps(config)
+                  and os.path.isdir(config.data.get("manual_dir", "")))
+  if saved is None or wants_images:
+    return data_lib.load(config, workdir)
+  return saved
+
+
 def _evaluate_phases(config, data, phases_and_variables, out_name, workdir):
   if not config.eval.benchmarks:
     return {}
@@ -100,10 +141,14 @@ def main(config, workdir, mode, step=None):
   if mode == "train":
     trainer.check_train_config(config)  # before the data set is built
   unrecorded = guard_workdir(config, workdir, record=False)  # a failed build leaves none
-  data = data_lib.load(config, workdir)
+  if mode != "train":
+    trainer.saved_phases(workdir)  # a workdir without checkpoints is named before the data
+  data = _data(config, workdir, mode)
   evaluate.checked_paths(config, data)  # a bad evaluation file stops the run before training
-  if mode == "train" and unrecorded:
-    record_config(config, workdir)  # from here on the workdir holds this config's run
+  if mode == "train":
+    if unrecorded:
+      record_config(config, workdir)  # from here on the workdir holds this config's run
+    record_data(data, workdir)
   if mode == "analyse":
     return analyse.analyse(config, data, workdir, step)
   if mode == "train":
@@ -112,13 +157,9 @@ def main(config, workdir, mode, step=None):
                 for name, phase in phases.items()}
     return _evaluate_phases(config, data, finished, "results.json", workdir)
   finished = {}
-  for name in trainer.PHASES:
-    phase = trainer.Phase(config, data, workdir, name)
-    if os.path.isdir(phase.checkpoint_dir()):
-      variables, restored = phase.saved_recognizer(step)
-      print(f"[{name}] restored the recognizer of step {restored}", flush=True)
-      finished[name] = (phase.recognizer, variables)
-  if not finished:
-    raise FileNotFoundError(f"no phase checkpoints under {workdir} (expected "
-                            f"{', '.join(trainer.PHASES)} folders with checkpoints/)")
+  for name in trainer.saved_phases(workdir):
+    phase = trainer.PhaseCheckpoints(config, data, workdir, name)
+    variables, restored = phase.saved_recognizer(step)
+    print(f"[{name}] restored the recognizer of step {restored}", flush=True)
+    finished[name] = (phase.recognizer, variables)
   return _evaluate_phases(config, data, finished, "eval.json", workdir)

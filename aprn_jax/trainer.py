@@ -92,8 +92,27 @@ def phase_steps(config, phase, num_examples):
   return steps_per_epoch, warmup_steps(config, phase) + int(round(epochs * steps_per_epoch))
 
 
-class Phase:
-  """Everything one phase needs: models, optimizers, the pmapped step and its checkpoints."""
+def _checkpoint_dir(phase_dir):
+  return os.path.join(phase_dir, "checkpoints")
+
+
+def saved_phases(workdir):
+  """The phases with a checkpoint folder in `workdir`, in training order; none is an error
+  naming the workdir."""
+  names = [name for name in PHASES
+           if os.path.isdir(_checkpoint_dir(os.path.join(workdir, name)))]
+  if not names:
+    raise FileNotFoundError(f"no phase checkpoints under {workdir} (expected "
+                            f"{', '.join(PHASES)} folders with checkpoints/)")
+  return names
+
+
+class PhaseCheckpoints:
+  """One phase's models and saved checkpoints: what eval and analyse restore.
+
+  data: the training data's description (`data.DataInfo`); the counts of training examples
+  that make optimizers and steps are not needed here.
+  """
 
   def __init__(self, config, data, workdir, phase):
     self.config, self.data, self.name = config, data, phase
@@ -101,6 +120,33 @@ class Phase:
     self.recognizer, self.discriminator = models.make_models(
         config, num_classes=data.num_classes, num_landmarks=data.num_landmarks,
         mean_face=data.mean_face, axis_name=train_step.AXIS)
+
+  @property
+  def done_path(self):
+    return os.path.join(self.dir, "done.json")
+
+  def is_done(self):
+    return os.path.exists(self.done_path)
+
+  def checkpoint_dir(self):
+    return _checkpoint_dir(self.dir)
+
+  def saved_recognizer(self, step=None):
+    """(R's variables, step) of this phase's checkpoint at `step` (default: the last)."""
+    target, _ = train_state.variable_shapes(self.recognizer, self.discriminator,
+                                            self.config.data.image_size, self.config.aprn.tap)
+    return checkpoints.restore_recognizer(self.checkpoint_dir(), target, step)
+
+  def final_recognizer(self):
+    """The recognizer variables of this phase's last checkpoint."""
+    return self.saved_recognizer()[0]
+
+
+class Phase(PhaseCheckpoints):
+  """A phase to train: its checkpoints plus optimizers, schedules, steps and pmapped steps."""
+
+  def __init__(self, config, data, workdir, phase):
+    super().__init__(config, data, workdir, phase)
     self.steps_per_epoch, self.num_steps = phase_steps(config, phase, data.num_examples)
     self.warmup_steps = warmup_steps(config, phase)
     optim = phase_optim(config, phase)
@@ -134,13 +180,6 @@ class Phase:
     return (step_done % self.config.train.log_every_steps == 0
             or step_done in (1, self.warmup_steps, self.num_steps))
 
-  @property
-  def done_path(self):
-    return os.path.join(self.dir, "done.json")
-
-  def is_done(self):
-    return os.path.exists(self.done_path)
-
   def initial_state(self, init_recognizer=None):
     rng = seeds.key(self.config.seed, self.name, "init")
     state = train_state.create(self.recognizer, self.discriminator, self.r_tx, self.d_tx, rng,
@@ -152,19 +191,6 @@ class Phase:
 
   def checkpoint_manager(self):
     return checkpoints.manager(self.checkpoint_dir(), keep=self.config.train.keep_checkpoints)
-
-  def checkpoint_dir(self):
-    return os.path.join(self.dir, "checkpoints")
-
-  def saved_recognizer(self, step=None):
-    """(R's variables, step) of this phase's checkpoint at `step` (default: the last)."""
-    target, _ = train_state.variable_shapes(self.recognizer, self.discriminator,
-                                            self.config.data.image_size, self.config.aprn.tap)
-    return checkpoints.restore_recognizer(self.checkpoint_dir(), target, step)
-
-  def final_recognizer(self):
-    """The recognizer variables of this phase's last checkpoint."""
-    return self.saved_recognizer()[0]
 
 
 def _log_line(phase, step, total, metrics, images_per_s, lrs, started, first_step, prefix=""):
@@ -262,7 +288,7 @@ def train(config, data, workdir, log_prefix=None):
   for name in config.train.phases:
     phase = Phase(config, data, workdir, name)
     init_recognizer = None
-    baseline = finished.get("baseline") or Phase(config, data, workdir, "baseline")
+    baseline = finished.get("baseline") or PhaseCheckpoints(config, data, workdir, "baseline")
     if name == "aprn" and baseline.is_done():
       init_recognizer = baseline.final_recognizer()
     if phase.is_done():

@@ -8,7 +8,9 @@ import pytest
 
 from aprn_jax import data as data_lib
 from aprn_jax import evaluate
+from aprn_jax.evaluation.benchmarks import megaface as megaface_family
 from configs import default
+import fixture_files
 from input_pipeline.readers import insightface_bin
 
 
@@ -56,15 +58,15 @@ def test_bad_eval_options_are_named(field, value, message):
 
 
 def test_distractor_folder_must_hold_one_list(tmp_path):
-  assert evaluate._distractor_list(str(tmp_path / "a.json")) == str(tmp_path / "a.json")
+  assert megaface_family.distractor_list(str(tmp_path / "a.json")) == str(tmp_path / "a.json")
   with pytest.raises(ValueError, match="holds 0 distractor lists"):
-    evaluate._distractor_list(str(tmp_path))
+    megaface_family.distractor_list(str(tmp_path))
   for size in (10, 100):
     (tmp_path / f"megaface_features_list.json_{size}_1").write_text("{}")
   with pytest.raises(ValueError, match="holds 2 distractor lists"):
-    evaluate._distractor_list(str(tmp_path))
+    megaface_family.distractor_list(str(tmp_path))
   os.remove(tmp_path / "megaface_features_list.json_100_1")
-  assert evaluate._distractor_list(str(tmp_path)).endswith("json_10_1")
+  assert megaface_family.distractor_list(str(tmp_path)).endswith("json_10_1")
 
 
 
@@ -133,18 +135,6 @@ def test_list_inputs_are_parsed_before_training(tmp_path, benchmark, option, mak
     evaluate.checked_paths(config, fake_data(""))
 
 
-class _PixelEmbedder:
-  """Stands in for the recognizer: the embedding of an image is its centred pixels."""
-
-  def __init__(self, *unused_args):
-    pass
-
-  def images(self, raw):
-    x = np.asarray(raw, np.float64).reshape(len(raw), -1)
-    x -= x.mean(axis=1, keepdims=True)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
 def test_packs_too_small_or_one_sided_report_what_they_can(tmp_path, monkeypatch, capsys):
   """insightface's own test pack has only genuine pairs; a tiny pack has fewer pairs than
   folds. Each gets the accuracy at the best threshold and a note naming it; the full pack
@@ -153,7 +143,7 @@ def test_packs_too_small_or_one_sided_report_what_they_can(tmp_path, monkeypatch
   _write_pack(tmp_path / "genuine.bin", [True] * 12)
   _write_pack(tmp_path / "tiny.bin", [True, False, True])
   insightface_bin.write_encoded_bin(str(tmp_path / "empty.bin"), [], [])
-  monkeypatch.setattr(evaluate, "Embedder", _PixelEmbedder)
+  monkeypatch.setattr(evaluate, "Embedder", fixture_files.PixelEmbedder)
   config = _bins_config(tmp_path, ("lfw", "genuine", "tiny", "empty"))
   results = evaluate.evaluate(config, fake_data(""), None, None)
   assert results["bin_lfw"]["accuracy"] == 1.0 and "auc" in results["bin_lfw"]

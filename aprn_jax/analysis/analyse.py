@@ -12,6 +12,10 @@ Per phase found in the workdir (baseline, aprn), from its latest checkpoint (or 
   architecture: Fig. 1's baseline row is exactly such an estimator on frozen baseline maps.
   Without that probe (`config.analysis.probe_taps` lacks the tap) the baseline gets neither.
 
+Without the training images (the user's faces analysed from the workdir's data.json alone,
+see `run`) the probes cannot train: `landmark_probes` is {"skipped": why} and the baseline
+gets no overlays or noise test; the rest runs as usual.
+
 Numbers go to <workdir>/analysis/analysis.json, pictures beside it:
 
     {phase: {"step": int,
@@ -37,7 +41,9 @@ import jax
 import numpy as np
 
 from aprn_jax import checkpoints, evaluate, models, train_state, trainer
+from aprn_jax import data as data_lib
 from aprn_jax.analysis import embedding_analyses, figures, landmark_probe, noise_test
+from aprn_jax.evaluation.benchmarks import pose_analyses
 
 
 def saved_discriminator(phase, step):
@@ -66,16 +72,31 @@ def probe_taps(config):
   return taps
 
 
+def probes_skipped(config):
+  return (f"training images unavailable: set config.data.manual_dir to their folder (got "
+          f"{config.data.get('manual_dir', '')!r}) to train the landmark probes on them")
+
+
+def cfp_root(config, data):
+  """The CFP folder the analyses read: config.eval.paths.cfp, else the data set's own."""
+  root = evaluate.benchmark_paths(config, data)["cfp"]
+  if root is None:
+    raise ValueError("the analyses run on CFP's images: set config.eval.paths.cfp to the CFP "
+                     "folder (Protocol/, Data/); this data set has no CFP files of its own")
+  return root
+
+
 def analyse_phase(config, data, phase, step, train_set, held_out, out_dir):
+  """phase: a trainer.PhaseCheckpoints; train_set: the probes' training images, None when
+  they are unavailable (the probes, and the baseline's overlays and noise test, are skipped)."""
   cfg = config.analysis
   recognizer_variables, restored = phase.saved_recognizer(step)
   print(f"[{phase.name}] analysing the checkpoint of step {restored}", flush=True)
   results = {"step": int(restored)}
   recognizer = phase.recognizer
-  cfp_root = os.path.join(data.protocol_root, "cfp")
-
-  embed = evaluate.Embedder(config, data, recognizer, recognizer_variables)
-  results["pose_analyses"] = evaluate._pose_analyses(embed, cfp_root)
+  embed = evaluate.Embedder(config, data.stored_size, recognizer, recognizer_variables)
+  results["pose_analyses"] = pose_analyses.pose_analyses(embed, evaluate.BenchmarkFiles(),
+                                                         cfp_root(config, data))
   lead = jax.process_index() == 0  # one writer of the pictures
   tsne_name = f"tsne_{phase.name}.png"
   if lead:
@@ -87,7 +108,11 @@ def analyse_phase(config, data, phase, step, train_set, held_out, out_dir):
 
   probes, probe_variables = (), {}
   taps = probe_taps(config)
-  if taps:
+  if taps and train_set is None:
+    note = probes_skipped(config)
+    print(f"[{phase.name}] landmark probes skipped: {note}", flush=True)
+    results["landmark_probes"] = {"skipped": note}
+  elif taps:
     print(f"[{phase.name}] training landmark probes on {', '.join(taps)}", flush=True)
     started = time.time()
     results["landmark_probes"], probes, probe_variables = landmark_probe.run(
@@ -147,16 +172,17 @@ def table(results_by_phase):
 
 
 def analyse(config, data, workdir, step=None):
-  """{phase: results} of every phase with checkpoints; writes analysis/analysis.json."""
+  """{phase: results} of every phase with checkpoints; writes analysis/analysis.json.
+
+  data: a data.TrainData, or the DataInfo alone, which skips the landmark probes.
+  """
   out_dir = os.path.join(workdir, "analysis")
-  phases = [trainer.Phase(config, data, workdir, name) for name in trainer.PHASES]
-  phases = [p for p in phases if os.path.isdir(p.checkpoint_dir())]
-  if not phases:
-    raise FileNotFoundError(f"no phase checkpoints under {workdir} (expected "
-                            f"{', '.join(trainer.PHASES)} folders with checkpoints/)")
-  held_out = landmark_probe.cfp_images(config, data, os.path.join(data.protocol_root, "cfp"))
-  train_set = (landmark_probe.train_images(config, data, config.analysis.probe_train_images)
-               if probe_taps(config) else None)
+  phases = [trainer.PhaseCheckpoints(config, data, workdir, name)
+            for name in trainer.saved_phases(workdir)]
+  held_out = landmark_probe.cfp_images(config, data, cfp_root(config, data))
+  train_set = None
+  if probe_taps(config) and isinstance(data, data_lib.TrainData):  # not its description alone
+    train_set = landmark_probe.train_images(config, data, config.analysis.probe_train_images)
   results = {p.name: analyse_phase(config, data, p, step, train_set, held_out, out_dir)
              for p in phases}
   print(table(results), flush=True)

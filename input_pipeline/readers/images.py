@@ -191,6 +191,11 @@ def read_file_bytes(path):
     return f.read()
 
 
+def read_files_bytes(paths, num_threads=8):
+  """The bytes of each image file (`read_file_bytes`), read on `num_threads` threads."""
+  return _on_threads(read_file_bytes, paths, num_threads)
+
+
 def load_images(paths, size, num_threads=8):
   """Image files as a uint8 (N, size, size, 3) array, decoded on `num_threads` threads."""
   return _load_all(paths, size, num_threads)[0]
