@@ -105,9 +105,9 @@ def get_config():
       # layouts and give CFP's figures exactly (tests/test_end_to_end.py).
       benchmarks=("cfp_ff", "cfp_fp", "ijba", "megaface", "multipie"),
       bins=("cfp_ff", "cfp_fp"),  # insightface packs <paths.bins>/<name>.bin
-      paths=dict(cfp="", lfw="", lfw_images="", bins="", ijba="", ijba_images="",
-                 megaface_probes="", megaface_probe_images="", megaface_distractors="",
-                 megaface_distractor_images="", multipie=""),
+      paths=dict(cfp="", lfw="", lfw_images="", bins="", ijba="", ijba_images="", ijbb="",
+                 ijbc="", megaface_probes="", megaface_probe_images="",
+                 megaface_distractors="", megaface_distractor_images="", multipie=""),
       batch_size=128,
       flip=True,
   )

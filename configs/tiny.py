@@ -18,6 +18,6 @@ def get_config():
   config.train.update(batch_size=16, baseline_epochs=2, aprn_epochs=1, log_every_steps=2,
                       checkpoint_every_steps=4, keep_checkpoints=2)
   config.eval.update(batch_size=32, benchmarks=("cfp_ff", "cfp_fp", "lfw", "bins", "ijba",
-                                                "megaface", "multipie"))
+                                                "ijbc", "megaface", "multipie"))
   config.analysis.update(probe_steps=150, probe_batch_size=32, overlay_tile=96)
   return config

@@ -15,8 +15,9 @@ import jax
 import numpy as np
 import pytest
 
-from aprn_jax import checkpoints, run, trainer
+from aprn_jax import checkpoints, evaluate, run, trainer
 from configs import tiny
+from input_pipeline.readers import face_align, ijbc
 import kill
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -104,6 +105,42 @@ def test_every_benchmark_layout_gives_the_same_figures_on_the_same_pairs(trained
     assert 0 <= figures["megaface"]["rank1"] <= 1 and figures["megaface"]["num_distractors"]
     cmc = list(figures["megaface"]["cmc"].values())
     assert cmc == sorted(cmc) and cmc[0] == figures["megaface"]["rank1"]
+
+
+def _tar_at_far_by_sorting(scores, genuine, far):
+  """Largest TAR over the thresholds `score >= s` (s each score) with FAR <= far, or 0."""
+  impostor, true = np.sort(scores[~genuine]), np.sort(scores[genuine])
+  thresholds = np.unique(scores)
+  fars = (len(impostor) - np.searchsorted(impostor, thresholds)) / len(impostor)
+  tars = (len(true) - np.searchsorted(true, thresholds)) / len(true)
+  return float(tars[fars <= far].max(initial=0.0))
+
+
+def test_ijbc_of_the_synthetic_copy_equals_a_numpy_computation(trained):
+  """main.py's IJB-C figures on the data set's IJB-C copy: templates pooled and TAR at FAR
+  read off by hand in numpy from the aligned images' embeddings."""
+  config, _, workdir, results = trained
+  data = run.data_lib.load(config, workdir)
+  protocol = ijbc.read_ijbc(os.path.join(data.protocol_root, "export", "ijbc"), "ijbc")
+  phase = trainer.PhaseCheckpoints(config, data, workdir, "aprn")
+  embed = evaluate.Embedder(config, data.stored_size, phase.recognizer,
+                            phase.final_recognizer())
+  emb = embed.images(face_align.load_aligned(protocol.paths, protocol.landmarks,
+                                             data.stored_size)).astype(np.float64)
+  feature = {}
+  for template in np.unique(protocol.template_ids):
+    mine = protocol.template_ids == template
+    media = [emb[mine & (protocol.media_ids == m)].mean(axis=0)
+             for m in np.unique(protocol.media_ids[mine])]
+    feature[template] = np.sum(media, axis=0) / np.linalg.norm(np.sum(media, axis=0))
+  scores = np.array([feature[a] @ feature[b] for a, b in zip(protocol.tid1, protocol.tid2)])
+  figures = results["aprn"]["ijbc"]
+  assert figures["num_comparisons"] == len(scores) and protocol.genuine.any()
+  for far, tar in figures["tar_at_far"].items():
+    assert tar == pytest.approx(_tar_at_far_by_sorting(scores, protocol.genuine, float(far)),
+                                abs=1e-9)
+    low, high = figures["tar_at_far_ci"][far]
+    assert 0 <= low <= high <= 1
 
 
 def test_rerun_skips_finished_phases_and_eval_reproduces_training(trained, capfd):

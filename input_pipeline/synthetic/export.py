@@ -3,8 +3,8 @@
     python -m input_pipeline.synthetic.export --data_dir=DIR --builder_config=tiny --out=OUT
         [--split=validation]
 
-So the readers of `input_pipeline.readers` (insightface_bin, lfw, ijba, megaface) can be run
-end to end without the real data. The CFP and Multi-PIE trees are `protocols`'s (in
+So the readers of `input_pipeline.readers` (insightface_bin, lfw, ijba, ijbc, megaface) can be
+run end to end without the real data. The CFP and Multi-PIE trees are `protocols`'s (in
 `<data_dir>/.../protocols`, written if missing) and are not repeated here. Under OUT:
 
 - `cfp_ff.bin`, `cfp_fp.bin`: insightface packs of the synthetic CFP-FF / CFP-FP pairs in the
@@ -24,13 +24,26 @@ end to end without the real data. The CFP and Multi-PIE trees are `protocols`'s 
   outside CFP fold k - 1 and compares every genuine pair of its templates (3 per subject) and
   `IJBA_IMPOSTORS` impostor pairs drawn without replacement (all of them when there are fewer),
   about as many per genuine pair as IJB-A's 1:1 lists have.
+- `ijbc/meta/ijbc_face_tid_mid.txt`, `ijbc_name_5pts_score.txt`, `ijbc_template_pair_label.txt`
+  and `ijbc/loose_crop/<k>.png`: IJB-C's layout (`readers.ijbc`) of the IJB-A templates above
+  (same template and media ids), over all subjects, comparing every genuine pair and
+  `IJBA_IMPOSTORS` impostor pairs. Loose crop k is image k of the templates moved by a random
+  similarity transform (scale 0.8-1.2, rotation within +-15 degrees, shift within +-2
+  pixels; a square of 1.5 times the stored side plus 4 pixels, so the whole face stays in
+  it), and its five points are that transform applied to the ArcFace template at the stored
+  size: aligning by the file's points undoes the transform and gives back the stored face, so
+  the copy exercises the alignment path exactly; its points are not detector output.
+  Faceness 1.0. Written from the split's lossless pixels as PNG, so interpolation is the only
+  difference from the stored face.
 - `megaface/facescrub_features_list.json` (probes: the 14 CFP images of each subject in the
   first half, under `megaface/facescrub`) and `megaface/megaface_features_list.json_<M>_1`
   (distractors: all M test images of the other half, under `megaface/megaface`).
-- `summary.json`: counts; written last, so its presence means the export is complete.
+- `summary.json`: counts; written last, so its presence means the export is complete (one
+  written before the IJB-C copy existed lacks the ijbc counts, and `ensure` adds the copy).
 
-All image files are the protocol tree's JPEGs (quality 95), byte for byte (hard links where the
-file system allows, copies elsewhere).
+All other image files are the protocol tree's JPEGs (quality 95), byte for byte (hard links
+where the file system allows, copies elsewhere). `ensure` adds the IJB-C copy to an export
+written before it existed.
 """
 import argparse
 import json
@@ -39,9 +52,11 @@ import shutil
 
 import numpy as np
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from aprn_jax.evaluation import verification
 from input_pipeline.readers import cfp
+from input_pipeline.readers import face_align
 from input_pipeline.readers import images as images_lib
 from input_pipeline.readers import insightface_bin
 from input_pipeline.synthetic import builder as builder_lib
@@ -52,6 +67,8 @@ IJBA_COLUMNS = ("TEMPLATE_ID", "SUBJECT_ID", "FILE", "MEDIA_ID", "SIGHTING_ID", 
                 "FACE_X", "FACE_Y", "FACE_WIDTH", "FACE_HEIGHT")
 TEMPLATES_PER_SUBJECT = 3
 IJBA_IMPOSTORS = 30_000  # per split; FAR 1e-4 is then 3 false accepts
+IJBC_SCALES, IJBC_MAX_DEGREES, IJBC_MAX_SHIFT = (0.8, 1.2), 15.0, 2.0  # the loose crops
+IJBC_FACENESS = 1.0
 _OFFLINE = tfds.download.DownloadConfig(try_download_gcs=False)
 
 
@@ -174,24 +191,27 @@ def _ijba_comparisons(rng, subject_of, limit):
   return list(zip(tids[i[chosen]].tolist(), tids[j[chosen]].tolist()))
 
 
-def _write_ijba(protocol_root, folder, num_subjects, num_multipie, image_size, seed):
-  """IJB-A split CSVs and their images (see the module docstring)."""
-  rows = {}  # subject -> metadata rows (lists of fields)
-  sighting = 0
+def _ijba_sightings(num_subjects, num_multipie):
+  """Yields (subject, template id, media id, frame or None for a photo, file name) of every
+  image of the subjects' templates (`_ijba_templates`), subject by subject."""
   for subject in range(1, num_subjects + 1):
-    rows[subject] = []
     for t, template in enumerate(_ijba_templates(subject, subject <= num_multipie)):
       template_id = TEMPLATES_PER_SUBJECT * (subject - 1) + t + 1
       for m, media in enumerate(template):
         media_id = 100 * subject + 10 * t + m + 1
         for frame, file_name in enumerate(media):
-          sighting += 1
-          relative = (f"img/{media_id}.jpg" if len(media) == 1
-                      else f"frame/{media_id}_{frame:05d}.jpg")
-          _copy(protocol_root, file_name, os.path.join(folder, "images", relative))
-          rows[subject].append([template_id, subject, relative, media_id, sighting,
-                                "" if len(media) == 1 else frame, 0, 0, image_size,
-                                image_size])
+          yield subject, template_id, media_id, frame if len(media) > 1 else None, file_name
+
+
+def _write_ijba(protocol_root, folder, num_subjects, num_multipie, image_size, seed):
+  """IJB-A split CSVs and their images (see the module docstring)."""
+  rows = {subject: [] for subject in range(1, num_subjects + 1)}  # metadata rows (fields)
+  sightings = _ijba_sightings(num_subjects, num_multipie)
+  for sighting, (subject, template_id, media_id, frame, file_name) in enumerate(sightings, 1):
+    relative = f"img/{media_id}.jpg" if frame is None else f"frame/{media_id}_{frame:05d}.jpg"
+    _copy(protocol_root, file_name, os.path.join(folder, "images", relative))
+    rows[subject].append([template_id, subject, relative, media_id, sighting,
+                          "" if frame is None else frame, 0, 0, image_size, image_size])
   per_fold = num_subjects // builder_lib.NUM_FOLDS
   num_comparisons = 0
   for split in range(1, builder_lib.NUM_FOLDS + 1):
@@ -207,7 +227,48 @@ def _write_ijba(protocol_root, folder, num_subjects, num_multipie, image_size, s
     _write_lines(os.path.join(split_dir, f"verify_comparisons_{split}.csv"), comparisons)
     num_comparisons += len(comparisons)
   return {"ijba_templates": TEMPLATES_PER_SUBJECT * num_subjects,
-          "ijba_images": sighting, "ijba_comparisons": num_comparisons}
+          "ijba_images": sum(map(len, rows.values())), "ijba_comparisons": num_comparisons}
+
+
+def _loose_crop_transform(rng, stored_size, loose_size):
+  """2x3 matrix from the stored face to its loose crop: a random similarity transform about
+  the two images' centres (see the module docstring)."""
+  scale = rng.uniform(*IJBC_SCALES)
+  angle = np.deg2rad(rng.uniform(-IJBC_MAX_DEGREES, IJBC_MAX_DEGREES))
+  linear = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+  shift = rng.uniform(-IJBC_MAX_SHIFT, IJBC_MAX_SHIFT, 2)
+  centre_in, centre_out = (stored_size - 1) / 2, (loose_size - 1) / 2
+  return np.hstack([linear, (centre_out + shift - linear @ [centre_in, centre_in])[:, None]])
+
+
+def _write_ijbc(pixels, folder, num_subjects, num_multipie, image_size, seed):
+  """The IJB-C copy of the IJB-A templates: meta files and loose crops (module docstring)."""
+  rng = np.random.default_rng([seed, 4])
+  # Holds the moved face: half its width along either axis is at most
+  # 1.2 (cos 15 + sin 15) / 2 = 0.735 of the stored side, plus the shift.
+  loose_size = int(np.ceil(1.5 * image_size + 2 * IJBC_MAX_SHIFT))
+  template = face_align.template(image_size)
+  os.makedirs(os.path.join(folder, "loose_crop"))
+  media_lines, point_lines, subject_of = [], [], {}
+  for k, (subject, template_id, media_id, _, file_name) in enumerate(
+      _ijba_sightings(num_subjects, num_multipie), 1):
+    matrix = _loose_crop_transform(rng, image_size, loose_size)
+    name = f"{k}.png"
+    Image.fromarray(face_align.warp(pixels[file_name], matrix, loose_size)).save(
+        os.path.join(folder, "loose_crop", name))
+    points = face_align.apply(matrix, template)
+    media_lines.append(f"{name} {template_id} {media_id}")
+    point_lines.append(" ".join([name] + [f"{v:.4f}" for v in points.ravel()]
+                                + [f"{IJBC_FACENESS:g}"]))
+    subject_of[template_id] = subject
+  pair_lines = [f"{a} {b} {int(subject_of[a] == subject_of[b])}" for a, b in
+                _ijba_comparisons(rng, subject_of, IJBA_IMPOSTORS)]
+  meta = os.path.join(folder, "meta")
+  _write_lines(os.path.join(meta, "ijbc_face_tid_mid.txt"), media_lines)
+  _write_lines(os.path.join(meta, "ijbc_name_5pts_score.txt"), point_lines)
+  _write_lines(os.path.join(meta, "ijbc_template_pair_label.txt"), pair_lines)
+  return {"ijbc_templates": len(subject_of), "ijbc_images": len(media_lines),
+          "ijbc_comparisons": len(pair_lines)}
 
 
 def _cfp_names(subject):
@@ -261,13 +322,10 @@ def export(builder, out, bin_format="jpeg", split="test", pixels=None):
   config = builder.builder_config
   examples = None
   if pixels is None:  # read (or render) the split once, for the tree and the packs
-    examples = list(protocols.test_examples(builder) if split == "test"
-                    else protocols.rendered_examples(config, split))
+    examples = _examples(builder, split)
     pixels = {ex["file_name"]: ex["image"] for ex in examples}
   protocol_root = protocols.ensure(builder, split, examples)
-  num_subjects = (config.num_test_identities if split == "test"
-                  else config.num_validation_identities)
-  num_multipie = config.multipie_identities(split)
+  num_subjects, num_multipie = _subjects(config, split)
   partial = f"{out}.partial-{os.getpid()}"
   shutil.rmtree(partial, ignore_errors=True)
   os.makedirs(partial)
@@ -276,6 +334,8 @@ def export(builder, out, bin_format="jpeg", split="test", pixels=None):
   summary.update(write_bins(protocol_root, pixels, partial, bin_format))
   summary.update(_write_lfw(protocol_root, os.path.join(partial, "lfw"), num_subjects))
   summary.update(_write_ijba(protocol_root, os.path.join(partial, "ijba"), num_subjects,
+                             num_multipie, config.image_size, config.seed))
+  summary.update(_write_ijbc(pixels, os.path.join(partial, "ijbc"), num_subjects,
                              num_multipie, config.image_size, config.seed))
   summary.update(_write_megaface(protocol_root, os.path.join(partial, "megaface"),
                                  num_subjects, num_multipie, config.illuminations))
@@ -287,14 +347,51 @@ def export(builder, out, bin_format="jpeg", split="test", pixels=None):
   return out
 
 
+def _examples(builder, split):
+  """[{file_name, image, landmarks}] of the split: the TFDS test split, or rendered."""
+  return list(protocols.test_examples(builder) if split == "test"
+              else protocols.rendered_examples(builder.builder_config, split))
+
+
+def _subjects(config, split):
+  """(number of subjects of the split, how many of them have Multi-PIE images)."""
+  return (config.num_test_identities if split == "test" else config.num_validation_identities,
+          config.multipie_identities(split))
+
+
+def add_ijbc(builder, out, split="test"):
+  """Writes the IJB-C copy into an export made without it (`out` holds summary.json but no
+  ijbc counts), leaving the rest as it is, and adds its counts to the summary."""
+  config = builder.builder_config
+  pixels = {ex["file_name"]: ex["image"] for ex in _examples(builder, split)}
+  partial = os.path.join(out, f"ijbc.partial-{os.getpid()}")
+  shutil.rmtree(partial, ignore_errors=True)
+  counts = _write_ijbc(pixels, partial, *_subjects(config, split), config.image_size,
+                       config.seed)
+  # An ijbc folder here was left by a run stopped before it updated the summary.
+  shutil.rmtree(os.path.join(out, "ijbc"), ignore_errors=True)
+  os.replace(partial, os.path.join(out, "ijbc"))
+  with open(os.path.join(out, SUMMARY)) as f:
+    summary = json.load(f)
+  partial_summary = os.path.join(out, f"{SUMMARY}.partial-{os.getpid()}")
+  with open(partial_summary, "w") as f:
+    json.dump({**summary, **counts}, f, indent=1)
+  os.replace(partial_summary, os.path.join(out, SUMMARY))  # names ijbc once it is whole
+
+
 def ensure(builder, split="test"):
   """The builder's protocol tree of `split` (`protocols.ensure`) with this export in its
-  `export/`. Each is written once; the evaluation finds every benchmark's files below the
-  returned root."""
+  `export/`. Each is written once (an export from before the IJB-C copy gains it); the
+  evaluation finds every benchmark's files below the returned root."""
   root = protocols.root_of(builder, split)
   out = os.path.join(root, "export")
-  if not os.path.isfile(os.path.join(out, SUMMARY)):
+  summary_file = os.path.join(out, SUMMARY)
+  if not os.path.isfile(summary_file):
     export(builder, out, split=split)
+  else:
+    with open(summary_file) as f:
+      if "ijbc_images" not in json.load(f):
+        add_ijbc(builder, out, split)
   return root
 
 
