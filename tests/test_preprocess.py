@@ -324,3 +324,24 @@ def test_missing_fields_and_wrong_num_examples():
     _train(examples)
   with pytest.raises(ValueError, match="num_examples is 30 but .* 40 examples"):
     _train(_examples(), num_examples=30)
+
+
+@pytest.mark.parametrize("stored, crop, size", [(112, 112, 64), (100, 96, 112), (72, 64, 64),
+                                                (50, 49, 32), (41, 40, 40)])
+def test_eval_images_equal_eval_transform_image_by_image(stored, crop, size):
+  """Evaluation's batched numpy crop and resize against training's per-image TF transform:
+  the same values without a resize, float rounding of the sums with one."""
+  images = np.random.default_rng(stored).integers(0, 256, (5, stored, stored, 3), np.uint8)
+  images[0] = 200  # a flat image stays flat: the resize weights of each pixel sum to 1
+  batched = preprocess.eval_images(images, crop_size=crop, image_size=size)
+  one_by_one = np.stack([preprocess.eval_transform({"image": tf.constant(image)},
+                                                   crop_size=crop, image_size=size)["image"]
+                         for image in images])
+  assert batched.shape == (5, size, size, 3) and batched.dtype == np.float32
+  if crop == size:
+    np.testing.assert_array_equal(batched, one_by_one)
+  else:
+    np.testing.assert_allclose(batched, one_by_one, rtol=0, atol=2e-6)
+  np.testing.assert_allclose(batched[0], 200 / 127.5 - 1, atol=2e-6)
+  with pytest.raises(ValueError, match="crop_size 60 is larger"):
+    preprocess.eval_images(images[:, :50, :50], crop_size=60, image_size=size)

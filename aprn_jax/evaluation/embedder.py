@@ -3,7 +3,8 @@
 Image files go through one pipeline in chunks of `chunk_images`: a background thread reads a
 chunk's files, decodes the images it has not embedded yet (on `decode_threads` threads, at
 the data set's stored size) and applies evaluation's centred crop and resize
-(`network_inputs`), while the caller's thread embeds the previous chunk. So at most two
+(`network_inputs`: numpy matrix products with tf.image.resize's weights, as a per-image TF
+resize costs about as much as a small network), while the caller's thread embeds the previous chunk. So at most two
 chunks of images exist at any time, decoded or as network inputs, however many files a
 benchmark lists (MegaFace's million distractors included); only the (N, D) embeddings grow.
 
@@ -18,7 +19,6 @@ import sys
 import time
 
 import numpy as np
-import tensorflow as tf
 
 from aprn_jax import inference
 from aprn_jax.evaluation import embeddings as embeddings_lib
@@ -27,14 +27,11 @@ from input_pipeline.readers import images as images_lib
 
 
 def network_inputs(images, crop_size, image_size):
-  """uint8 (N, H, W, 3) -> float32 (N, S, S, 3) in [-1, 1], centred crop + resize."""
+  """uint8 (N, H, W, 3) -> float32 (N, S, S, 3) in [-1, 1]: evaluation's centred crop and
+  resize (`preprocess.eval_images`, training's `eval_transform` in numpy)."""
   if not len(images):
     return np.zeros((0, image_size, image_size, 3), np.float32)
-  dataset = tf.data.Dataset.from_tensor_slices({"image": images}).map(
-      lambda ex: preprocess.eval_transform(ex, crop_size=crop_size, image_size=image_size),
-      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(1024)
-  return np.concatenate([batch["image"] for batch in
-                         preprocess.fixed_parallelism(dataset).as_numpy_iterator()])
+  return preprocess.eval_images(images, crop_size=crop_size, image_size=image_size)
 
 
 def _digest(data):
