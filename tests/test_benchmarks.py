@@ -51,6 +51,7 @@ def records(tmp_path_factory):
   return records
 
 
+@pytest.mark.slow  # runs a benchmark script end to end
 def test_train_step_reports_both_steps_and_d_runs_once(records):
   record = records["train_step"]
   assert (record["num_devices"], record["global_batch"], record["per_device_batch"]) == (
@@ -81,6 +82,7 @@ def test_train_step_reports_both_steps_and_d_runs_once(records):
     assert record[field] > 0
 
 
+@pytest.mark.slow  # runs a benchmark script end to end
 def test_inference_exports_match_and_drop_head_and_discriminator(records):
   record = records["inference"]
   aprn, base = record["aprn"], record["baseline"]
@@ -118,6 +120,7 @@ def test_input_pipeline_reports_both_pipelines_next_to_the_step(tmp_path):
   assert (tmp_path / "out.jsonl").read_text().strip() == proc.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.slow  # runs a benchmark script end to end
 def test_layers_compares_the_cpu_forms_with_flax(tmp_path):
   proc = subprocess.run([sys.executable, "benchmarks/layers.py", "--steps=1", "--scale=32",
                          f"--out={tmp_path / 'out.jsonl'}"],

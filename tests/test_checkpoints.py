@@ -28,6 +28,7 @@ def assert_trees_equal(a, b):
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(a), jax.device_get(b))
 
 
+@pytest.mark.slow  # test_end_to_end restores a four-device checkpoint on one device too
 def test_round_trip_recognizer_alone_and_other_device_count(tmp_path):
   tx, step4 = pmapped(4)
   _, step2 = pmapped(2)

@@ -156,6 +156,7 @@ def test_analyse_without_training_images_skips_the_probes_alone(described, no_da
   config = config.copy_and_resolve_references()
   config.analysis.update(tsne_identities=2, overlay_identities=2, overlay_tile=32,
                          noise_images=4)
+  config.eval.paths.cfp = os.path.join(workdir, "cfp")  # read by the fakes below alone
   monkeypatch.setattr(landmark_probe, "cfp_images", lambda config, data, root: fake_cfp(config))
   monkeypatch.setattr(pose_analyses, "pose_analyses",
                       lambda embed, files, root: {"centroid_distance_mean": 0.0})
@@ -181,3 +182,13 @@ def test_unreadable_data_json_and_missing_checkpoints_are_named(tmp_path):
     f.write('{"num_classes": 4')  # cut short
   with pytest.raises(ValueError, match=re.escape(f"{path} is not a readable data")):
     run.main(config, workdir, "eval")
+
+
+def test_analyse_names_the_cfp_option_when_real_data_has_none(tmp_path):
+  config = face_config(str(tmp_path), str(tmp_path / "gone"))
+  info = data_lib.DataInfo(num_examples=1, num_classes=1, num_landmarks=51, stored_size=32,
+                           mean_face=np.zeros((51, 2), np.float32), protocol_root="")
+  with pytest.raises(ValueError, match=r"set config\.eval\.paths\.cfp"):
+    analyse.cfp_root(config, info)
+  config.eval.paths.cfp = str(tmp_path / "cfp")
+  assert analyse.cfp_root(config, info) == str(tmp_path / "cfp")

@@ -145,6 +145,7 @@ def test_the_graph_holds_the_backbone_alone(trained, exported, tmp_path):
   assert nchw["verification"]["min_cosine"] >= 0.99999
 
 
+@pytest.mark.slow  # trains its own bfloat16 model; the float32 export tests cover the path
 def test_a_bfloat16_trained_model_exports_and_verifies(trained, tmp_path):
   config, workdir, _ = trained
   bf16 = tiny.get_config()
@@ -292,6 +293,7 @@ def test_the_readme_snippet_embeds_an_image_without_this_project(trained, export
   assert float(snippet_embedding @ expected) >= 0.99999
 
 
+@pytest.mark.slow  # runs a benchmark script end to end
 def test_the_onnx_benchmark_counts_the_backbone_and_matches_jax(tmp_path):
   out = tmp_path / "onnx.jsonl"
   result = subprocess.run(
