@@ -66,6 +66,7 @@ import numpy as np
 
 from aprn_jax import data as data_lib
 from aprn_jax import evaluate, models, run, trainer
+from aprn_jax.files import write_json
 from aprn_jax.analysis import analyse, landmark_probe, noise_test
 from aprn_jax.evaluation import intervals
 
@@ -238,13 +239,6 @@ def results_path(study, run_, split):
   return os.path.join(study, run_.folder, f"results_{split}.json")
 
 
-def _write_json(path, value):
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
-
-
 class Progress:
   """Runs done / total and the ETA of the whole experiment, prefixed to the trainer's lines.
 
@@ -355,7 +349,7 @@ def execute(study, run_, split, data_cache, progress, analysis_inputs):
     print(f"[{run_.folder}] evaluating {', '.join(config.eval.benchmarks)}", flush=True)
     results = evaluate.evaluate(config, data, phase.recognizer, phase.final_recognizer())
     if lead:
-      _write_json(results_path(study, run_, split), {run_.phase: results})
+      write_json(results_path(study, run_, split), {run_.phase: results})
   for extra, path in extra_paths(study, run_, split).items():
     if os.path.exists(path):
       continue
@@ -367,7 +361,7 @@ def execute(study, run_, split, data_cache, progress, analysis_inputs):
       value = analyse.analyse_phase(config, data, phase, None, train_set, held_out,
                                     os.path.join(workdir, "analysis"))
     if lead:
-      _write_json(path, value)
+      write_json(path, value)
 
 
 def load_figures(study, run_, split):
@@ -620,7 +614,7 @@ def run_experiment(config, study, experiment, seeds, split="test", spec=""):
   if jax.process_index() == 0:
     out_dir = summary_dir(study, experiment, split)
     os.makedirs(out_dir, exist_ok=True)
-    _write_json(os.path.join(out_dir, "summary.json"), summary)
+    write_json(os.path.join(out_dir, "summary.json"), summary)
     with open(os.path.join(out_dir, "summary.md"), "w") as f:
       f.write(markdown(summary))
     plots(summary, out_dir)

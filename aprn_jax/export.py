@@ -53,7 +53,7 @@ import ml_collections
 import numpy as np
 
 from aprn_jax import checkpoints, evaluate, inference, models, run, trainer
-from aprn_jax import data as data_lib
+from aprn_jax.files import write_json
 from aprn_jax.evaluation import embeddings as embeddings_lib
 from aprn_jax.evaluation import verification
 from aprn_jax.evaluation.embedder import Embedder, network_inputs
@@ -116,15 +116,6 @@ def load_config(workdir):
   return ml_collections.ConfigDict(merged(default_config.get_config().to_dict(), saved))
 
 
-def _data(config, workdir):
-  """The training data's description saved by training (<workdir>/data.json), or the data
-  set opened (built if gone) when there is none or its protocol folder is gone."""
-  saved = run.saved_data(workdir)
-  if saved is not None and (not saved.protocol_root or os.path.isdir(saved.protocol_root)):
-    return saved
-  return data_lib.load(config, workdir)
-
-
 @dataclasses.dataclass
 class Restored:
   """A phase's recognizer as its checkpoint holds it."""
@@ -150,7 +141,7 @@ def restore(workdir, phase=None, step=None):
   elif phase not in saved:
     raise FileNotFoundError(f"--phase={phase}: {workdir} has no {phase} checkpoints (it has "
                             f"{', '.join(saved)})")
-  data = _data(config, workdir)
+  data = run.load_data(config, workdir, "eval")
   checkpointed = trainer.PhaseCheckpoints(config, data, workdir, phase)
   steps = checkpoints.manager(checkpointed.checkpoint_dir(), read_only=True).all_steps()
   if step is not None and step not in steps:
@@ -408,12 +399,6 @@ def _card(restored, fmt, dtype, nchw, out, parameters, figures, threshold):
   }
 
 
-def _write_json(path, value):
-  with open(path + ".tmp", "w") as f:
-    json.dump(value, f, indent=1)
-  os.replace(path + ".tmp", path)
-
-
 def export(workdir, fmt, phase=None, step=None, out=None, nchw=False, dtype="float32"):
   """Writes the verified model and its card (see the module docstring); returns the card."""
   if fmt not in FORMATS:
@@ -469,7 +454,7 @@ def export(workdir, fmt, phase=None, step=None, out=None, nchw=False, dtype="flo
       name, pairs_file, pairs)
   os.replace(partial, out)
   card = _card(restored, fmt, dtype, nchw, out, parameters, figures, threshold)
-  _write_json(out + ".json", card)
+  write_json(out + ".json", card)
   return card
 
 

@@ -11,16 +11,9 @@ import jax
 
 from aprn_jax import data as data_lib
 from aprn_jax import evaluate, trainer
+from aprn_jax.files import write_json
 from aprn_jax.analysis import analyse
 from configs import default as default_config
-
-
-def _write_json(path, value):
-  """Writes via a temporary file and a rename, so a reader never sees half a file."""
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
 
 
 def _flatten(tree, prefix=""):
@@ -85,13 +78,13 @@ def record_config(config, workdir):
   """Writes the workdir's config.json (once `guard_workdir` has let the config in)."""
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
+    write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
 
 
 def record_data(data, workdir):
   """Writes <workdir>/data.json: what eval and analyse need of the training data."""
   if jax.process_index() == 0:
-    _write_json(os.path.join(workdir, "data.json"), data.to_json())
+    write_json(os.path.join(workdir, "data.json"), data.to_json())
 
 
 def saved_data(workdir):
@@ -108,10 +101,11 @@ def saved_data(workdir):
                        f"open the training data instead (--mode=train writes it again)") from e
 
 
-def _data(config, workdir, mode):
-  """The training data, or for eval and analyse of the user's own faces its saved description,
-  so they need neither manual_dir nor the build. analyse still opens the data when manual_dir
-  is there and probes are configured (they train on its images). The synthetic faces are
+def load_data(config, workdir, mode):
+  """What `mode` needs of the training data (export asks as "eval"): the data, or for eval
+  and analyse of the user's own faces its saved description, so they need neither
+  manual_dir nor the build. analyse still opens the data when manual_dir is there and probes
+  are configured (they train on its images). The synthetic faces are
   always opened: their build writes the benchmark files of config.eval.split. A run trained
   before data.json was written opens its data as well."""
   if mode == "train" or config.data.name == "synthetic_faces":
@@ -133,7 +127,7 @@ def _evaluate_phases(config, data, phases_and_variables, out_name, workdir):
     results[name] = evaluate.evaluate(config, data, recognizer, variables, files)
   print(evaluate.table(results), flush=True)
   if jax.process_index() == 0:
-    _write_json(os.path.join(workdir, out_name), results)
+    write_json(os.path.join(workdir, out_name), results)
   return results
 
 
@@ -142,8 +136,8 @@ def main(config, workdir, mode, step=None):
     trainer.check_train_config(config)  # before the data set is built
   unrecorded = guard_workdir(config, workdir, record=False)  # a failed build leaves none
   if mode != "train":
-    trainer.saved_phases(workdir)  # a workdir without checkpoints is named before the data
-  data = _data(config, workdir, mode)
+    saved = trainer.saved_phases(workdir)  # a workdir without checkpoints is named first
+  data = load_data(config, workdir, mode)
   evaluate.checked_paths(config, data)  # a bad evaluation file stops the run before training
   if mode == "train":
     if unrecorded:
@@ -157,7 +151,7 @@ def main(config, workdir, mode, step=None):
                 for name, phase in phases.items()}
     return _evaluate_phases(config, data, finished, "results.json", workdir)
   finished = {}
-  for name in trainer.saved_phases(workdir):
+  for name in saved:
     phase = trainer.PhaseCheckpoints(config, data, workdir, name)
     variables, restored = phase.saved_recognizer(step)
     print(f"[{name}] restored the recognizer of step {restored}", flush=True)

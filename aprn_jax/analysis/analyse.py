@@ -33,7 +33,6 @@ Numbers go to <workdir>/analysis/analysis.json, pictures beside it:
 `source` is "discriminator" or "probe:<tap>"; train_l1_first/last average the training L1 of
 the first/last (up to) 10 probe steps. All L1 are per coordinate in the normalised [-1, 1] frame.
 """
-import json
 import os
 import time
 
@@ -42,6 +41,7 @@ import numpy as np
 
 from aprn_jax import checkpoints, evaluate, models, train_state, trainer
 from aprn_jax import data as data_lib
+from aprn_jax.files import write_json
 from aprn_jax.analysis import embedding_analyses, figures, landmark_probe, noise_test
 from aprn_jax.evaluation.benchmarks import pose_analyses
 
@@ -188,8 +188,5 @@ def analyse(config, data, workdir, step=None):
   print(table(results), flush=True)
   if jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, "analysis.json")
-    with open(path + ".tmp", "w") as f:
-      json.dump(results, f, indent=1, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    write_json(os.path.join(out_dir, "analysis.json"), results)
   return results
