@@ -13,13 +13,14 @@ faces (face_folder, insightface_rec) eval reads what it needs of the training da
 gone. --mode=analyse
 runs the paper's pose-invariance analyses (config.analysis) on the same checkpoints and writes
 <workdir>/analysis/analysis.json and PNGs.
+Train and eval also write <workdir>/report.md (the table and the figures in <workdir>/figures/,
+aprn_jax/report.py). Each stage shows one progress bar, or plain lines when stdout is not a
+terminal; TensorFlow's, XLA's and absl's start-up logs are silenced unless --verbose.
 Any config field can be overridden: --config.aprn.alpha=0.3 --config.train.batch_size=128.
 """
-import json
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -28,22 +29,34 @@ flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and result
 flags.DEFINE_enum("mode", "train", ["train", "eval", "analyse"], "What to do.")
 flags.DEFINE_integer("step", None,
                      "--mode=eval/analyse: the checkpoint step (default: the latest).")
+flags.DEFINE_bool("verbose", False,
+                  "Show TensorFlow's, XLA's and absl's start-up and library logs, silenced by "
+                  "default (aprn_jax/console.py).")
 flags.DEFINE_bool("distributed", None,
-                  "Call jax.distributed.initialize() (multi-host GPU/TPU). Default: when "
-                  "JAX_COORDINATOR_ADDRESS or a TPU pod's TPU_WORKER_HOSTNAMES is set.")
+                  "Join a job of several processes (multi-host GPUs, TPU pod slices) that JAX "
+                  "detects (TPU pods, SLURM, Open MPI). Default: when a TPU pod's "
+                  "TPU_WORKER_HOSTNAMES lists several hosts.")
+flags.DEFINE_string("coordinator_address", None,
+                    "host:port of process 0's coordinator, for a job of several processes "
+                    "started by hand (default: JAX_COORDINATOR_ADDRESS).")
+flags.DEFINE_integer("num_processes", None,
+                     "Processes of the job (default: JAX_NUM_PROCESSES).")
+flags.DEFINE_integer("process_id", None,
+                     "This process's index in [0, num_processes) (default: JAX_PROCESS_ID).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.ERROR)  # orbax logs every save and restore
-  import jax  # after absl parsed the flags, so XLA flags from the environment apply
-  distributed = FLAGS.distributed
-  if distributed is None:
-    distributed = bool(os.environ.get("JAX_COORDINATOR_ADDRESS")
-                       or "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""))
-  if distributed:
-    jax.distributed.initialize()
+  if not FLAGS.verbose:
+    from aprn_jax import console  # before TensorFlow and JAX start: it sets their log level
+    console.quiet()
+  from aprn_jax import distributed  # after absl parsed the flags, before any computation
+  auto_detect = FLAGS.distributed
+  if auto_detect is None:
+    auto_detect = "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                         auto_detect=auto_detect)
   from aprn_jax import run
   run.main(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.step)
 

@@ -19,9 +19,11 @@ import dataclasses
 import os
 from typing import Callable
 
+import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
+from aprn_jax import distributed
 from input_pipeline import preprocess
 
 
@@ -80,9 +82,9 @@ def load(config, workdir):
   if config.data.name not in DATA_SETS:
     raise ValueError(f"config.data.name={config.data.name!r} is not a data set of this "
                      f"project; choose one of {DATA_SETS}")
-  if config.data.name == "synthetic_faces":
-    return _load_synthetic(config, workdir)
-  return _load_real(config, workdir)
+  load_data = _load_synthetic if config.data.name == "synthetic_faces" else _load_real
+  # Process 0 builds, the others open the finished build (a job of several processes).
+  return distributed.lead_first("build the data set", lambda: load_data(config, workdir))
 
 
 # A crop keeping less of the stored side than this share is warned about (the paper keeps
@@ -116,6 +118,28 @@ def check_crop(config, stored_size, mean_face, where):
   return outside
 
 
+def train_dataset_fn(builder, process_count):
+  """() -> the builder's training examples, unshuffled, for `preprocess.train_batches`.
+
+  One process: decoded, and held in memory after the first epoch when they fit in
+  IN_MEMORY_BYTES (later epochs fill their shuffle buffer from memory). Several processes:
+  the images stay encoded until `preprocess` has kept this process's share of each global
+  batch, so each process decodes only its own records (held encoded in memory when the
+  decoded images would fit).
+  """
+  info = builder.info
+  num_examples = info.splits["train"].num_examples
+  decoders = None if process_count == 1 else {"image": tfds.decode.SkipDecoding()}
+
+  def read():
+    return builder.as_dataset(split="train", shuffle_files=False, decoders=decoders)
+
+  if num_examples * info.features["image"].shape[0] ** 2 * 3 <= IN_MEMORY_BYTES:
+    cached = read().cache()
+    return lambda: cached
+  return read
+
+
 def _train_data(config, builder, protocol_root, num_classes=None):
   """num_classes: the training identities (default: the label feature's class count)."""
   from input_pipeline import mean_face as mean_face_lib  # the data set's own modules
@@ -128,14 +152,8 @@ def _train_data(config, builder, protocol_root, num_classes=None):
                                config.data.crop_size, config.data.image_size)
   check_crop(config, stored_size, mean_face, builder.data_dir)
   num_examples = info.splits["train"].num_examples
-  if num_examples * stored_size**2 * 3 <= IN_MEMORY_BYTES:
-    # Decoded once, on the first epoch; later epochs fill their shuffle buffer from memory.
-    cached = builder.as_dataset(split="train", shuffle_files=False).cache()
-    dataset_fn = lambda: cached
-  else:
-    dataset_fn = lambda: builder.as_dataset(split="train", shuffle_files=False)
   return TrainData(
-      dataset_fn=dataset_fn,
+      dataset_fn=train_dataset_fn(builder, jax.process_count()),
       num_examples=num_examples,
       num_classes=num_classes or info.features["label"].num_classes,
       num_landmarks=info.features["landmarks"].shape[0], stored_size=stored_size,

@@ -49,6 +49,7 @@ people); the pose SVM's validation accuracy by Wilson's interval.
 """
 import os
 
+from aprn_jax import console
 from aprn_jax.evaluation import intervals, registry
 from aprn_jax.evaluation.embedder import Embedder
 
@@ -120,11 +121,12 @@ def checked_paths(config, data, open_files=True):
   return paths
 
 
-def evaluate(config, data, recognizer, variables, files=None):
+def evaluate(config, data, recognizer, variables, files=None, label="evaluate"):
   """{result name: figures} of config.eval.benchmarks and the analyses that run with them.
 
   data: what evaluation needs of the training data: its `stored_size` and `protocol_root`.
   files: a BenchmarkFiles shared by the phases evaluated one after the other.
+  label: what each benchmark's progress starts with (run: the phase, `[aprn]`).
   """
   paths = checked_paths(config, data, open_files=False)  # the readers below check the files
   files = files or BenchmarkFiles()
@@ -133,7 +135,10 @@ def evaluate(config, data, recognizer, variables, files=None):
   for evaluator in registry.selected(config.eval.benchmarks):
     context = registry.Context(config=config, paths=paths, stored_size=data.stored_size,
                                embed=embed, files=files, results=results)
-    results.update(evaluator.run(context))
+    # One progress per benchmark: the images the embedder embeds for it.
+    with console.Progress(f"{label} {evaluator.name}", 0, "images") as embed.progress:
+      results.update(evaluator.run(context))
+    embed.progress = None
   return results
 
 
@@ -155,34 +160,80 @@ def _cell(value, interval, percent):
   return text
 
 
-def table(results_by_phase):
-  """A plain-text table: one row per figure, one column per phase; `value +- half-width` of
-  the 95% interval where the figure has one."""
+def _difference(values, percent):
+  """The last phase's figure minus the first's, in the table's unit; '' when one lacks it."""
+  if len(values) < 2 or any(not isinstance(v, (int, float)) for v in values):
+    return ""
+  difference = values[-1] - values[0]
+  return f"{difference * 100:+.2f}" if percent else f"{difference:+.3f}"
+
+
+def _lookup(results, bench, key, sub):
+  """results[bench][key], or its [sub] entry; None where a phase lacks it."""
+  value = results.get(bench, {}).get(key)
+  return value.get(sub) if sub is not None and isinstance(value, dict) else value
+
+
+def table_rows(results_by_phase):
+  """[(benchmark, figure, cells of each phase, last phase - first)] of the figures the
+  evaluators print, in their order: the one list the text and markdown tables draw."""
   phases = list(results_by_phase)
   rows = []
-  first = results_by_phase[phases[0]]
   table_keys, plain_keys = _table_keys()
-  for bench, values in first.items():
+  for bench, values in results_by_phase[phases[0]].items():
     for key in table_keys:
       if key not in values:
         continue
       percent = key not in plain_keys
       ci_key = f"{key}_ci"
-      if isinstance(values[key], dict):
-        for sub in values[key]:
-          rows.append((f"{bench} {key} {sub}", [
-              _cell(results_by_phase[p][bench][key][sub],
-                    results_by_phase[p][bench].get(ci_key, {}).get(sub), percent)
-              for p in phases]))
-      else:
-        rows.append((f"{bench} {key}", [
-            _cell(results_by_phase[p][bench][key], results_by_phase[p][bench].get(ci_key),
-                  percent) for p in phases]))
-  width = max(len(name) for name, _ in rows)
-  cell = max(16, max(len(c) for _, cells in rows for c in cells) + 2)
-  lines = ["figures in %, centroid distance in cosine units; +- : half-width of the 95% "
-           "interval (aprn_jax/evaluation/intervals.py)",
-           " " * width + "".join(f"{p:>{cell}}" for p in phases)]
-  for name, cells in rows:
-    lines.append(name.ljust(width) + "".join(f"{c:>{cell}}" for c in cells))
+      for sub in list(values[key]) if isinstance(values[key], dict) else [None]:
+        found = [_lookup(results_by_phase[p], bench, key, sub) for p in phases]
+        cells = ["-" if value is None else
+                 _cell(value, _lookup(results_by_phase[p], bench, ci_key, sub), percent)
+                 for p, value in zip(phases, found)]
+        rows.append((bench, key if sub is None else f"{key} {sub}", cells,
+                     _difference(found, percent)))
+  return rows
+
+
+def difference_heading(phases):
+  return f"{phases[-1]} - {phases[0]}" if len(phases) > 1 else None
+
+
+TABLE_NOTE = ("figures in %, centroid distance in cosine units; +- : half-width of the 95% "
+              "interval (aprn_jax/evaluation/intervals.py)")
+
+
+def table(results_by_phase):
+  """A plain-text table grouped by benchmark: its name, then one row per figure, one column
+  per phase (`value +- half-width` of the 95% interval where the figure has one) and, for
+  two or more phases, the last phase's figure minus the first's."""
+  phases = list(results_by_phase)
+  rows = table_rows(results_by_phase)
+  heading = difference_heading(phases)
+  columns = phases + ([heading] if heading else [])
+  body = [cells + ([diff] if heading else []) for _, _, cells, diff in rows]
+  width = max([len(figure) + 2 for _, figure, _, _ in rows] + [len(b) for b, _, _, _ in rows])
+  cell = max(16, max(len(c) for line in body + [columns] for c in line) + 2)
+  lines = [TABLE_NOTE, " " * width + "".join(f"{c:>{cell}}" for c in columns)]
+  previous = None
+  for (bench, figure, _, _), cells in zip(rows, body):
+    if bench != previous:
+      lines.append(bench)
+      previous = bench
+    lines.append(f"  {figure}".ljust(width) + "".join(f"{c:>{cell}}" for c in cells))
+  return "\n".join(lines)
+
+
+def markdown_table(results_by_phase):
+  """`table` as markdown (report.md): the benchmark named on its first row."""
+  phases = list(results_by_phase)
+  heading = difference_heading(phases)
+  columns = ["benchmark", "figure"] + phases + ([heading] if heading else [])
+  lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+  previous = None
+  for bench, figure, cells, diff in table_rows(results_by_phase):
+    lines.append("| " + " | ".join([bench if bench != previous else "", figure] + cells
+                                   + ([diff] if heading else [])) + " |")
+    previous = bench
   return "\n".join(lines)

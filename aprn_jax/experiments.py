@@ -68,6 +68,7 @@ from aprn_jax import data as data_lib
 from aprn_jax import evaluate, models, run, trainer
 from aprn_jax.files import write_json
 from aprn_jax.analysis import analyse, landmark_probe, noise_test
+from aprn_jax.analysis import figures as analysis_figures
 from aprn_jax.evaluation import intervals
 
 BASELINE, CONTROL, APRN = "baseline", "control", "aprn"
@@ -346,8 +347,8 @@ def execute(study, run_, split, data_cache, progress, analysis_inputs):
   phase = trainer.train(config, data, workdir, log_prefix=progress.prefix)[run_.phase]
   lead = jax.process_index() == 0
   if not os.path.exists(results_path(study, run_, split)):
-    print(f"[{run_.folder}] evaluating {', '.join(config.eval.benchmarks)}", flush=True)
-    results = evaluate.evaluate(config, data, phase.recognizer, phase.final_recognizer())
+    results = evaluate.evaluate(config, data, phase.recognizer, phase.final_recognizer(),
+                                label=f"[{run_.folder}]")
     if lead:
       write_json(results_path(study, run_, split), {run_.phase: results})
   for extra, path in extra_paths(study, run_, split).items():
@@ -538,9 +539,7 @@ def markdown(summary):
 
 def plots(summary, out_dir):
   """differences.png and rank1_by_yaw.png (matplotlib, no display needed)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = analysis_figures.pyplot()
   figs = summary["figures"]
   variants = [v for v in summary["variants"] if v != CONTROL]
   columns = [(h, f) for h, f in MAIN_FIGURES if f in figs]
@@ -569,25 +568,16 @@ def plots(summary, out_dir):
 
   yaws = sorted(int(f.split("=")[1]) for f in figs if f.startswith("multipie rank1 |yaw|="))
   if yaws:
-    fig, ax = plt.subplots(figsize=(6, 4))
+    series = []
     for variant in summary["variants"]:
       entries = [figs[f"multipie rank1 |yaw|={yaw}"][variant] for yaw in yaws]
-      means = np.array([e["mean"] for e in entries])
-      ax.plot(yaws, means, marker="o", label=variant)
-      if all(e["ci"] for e in entries):
-        ax.fill_between(yaws, [e["ci"][0] for e in entries], [e["ci"][1] for e in entries],
-                        alpha=0.15)
-    ax.set_xlabel("|yaw| (degrees)")
-    ax.set_ylabel("Multi-PIE-style rank-1 (%)")
-    ax.set_xticks(yaws)
-    ax.legend(fontsize=8)
-    ax.set_title(f"rank-1 by yaw, mean and 95% t interval over {len(summary['seeds'])} seeds",
-                 fontsize=9)
-    fig.tight_layout()
-    path = os.path.join(out_dir, "rank1_by_yaw.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
+      band = ([e["ci"][0] for e in entries], [e["ci"][1] for e in entries]) if all(
+          e["ci"] for e in entries) else None
+      series.append((variant, yaws, [e["mean"] for e in entries], band))
+    written.append(analysis_figures.line_png(
+        os.path.join(out_dir, "rank1_by_yaw.png"), series, xlabel="|yaw| (degrees)",
+        ylabel="Multi-PIE-style rank-1 (%)", xticks=yaws,
+        title=f"rank-1 by yaw, mean and 95% t interval over {len(summary['seeds'])} seeds"))
   return written
 
 

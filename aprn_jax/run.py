@@ -10,7 +10,7 @@ import os
 import jax
 
 from aprn_jax import data as data_lib
-from aprn_jax import evaluate, trainer
+from aprn_jax import evaluate, report, trainer
 from aprn_jax.files import write_json
 from aprn_jax.analysis import analyse
 from configs import default as default_config
@@ -118,16 +118,22 @@ def load_data(config, workdir, mode):
   return saved
 
 
-def _evaluate_phases(config, data, phases_and_variables, out_name, workdir):
-  if not config.eval.benchmarks:
-    return {}
+def _evaluate_phases(config, data, phases_and_variables, out_name, workdir, steps):
+  """Evaluates each phase's recognizer, prints the table, writes `out_name` and the report
+  (`report`; also without benchmarks: the training figures). steps: {phase: its step}."""
   results, files = {}, evaluate.BenchmarkFiles()
   for name, (recognizer, variables) in phases_and_variables.items():
-    print(f"[{name}] evaluating {', '.join(config.eval.benchmarks)}", flush=True)
-    results[name] = evaluate.evaluate(config, data, recognizer, variables, files)
-  print(evaluate.table(results), flush=True)
-  if jax.process_index() == 0:
+    if config.eval.benchmarks:
+      results[name] = evaluate.evaluate(config, data, recognizer, variables, files,
+                                        label=f"[{name}]")
+  if results and jax.process_index() == 0:  # one table and one file for a whole job
+    print(evaluate.table(results), flush=True)
     write_json(os.path.join(workdir, out_name), results)
+  written = report.write(config, data, workdir, results, steps, phases_and_variables,
+                         out_name)
+  if written:
+    print(f"report: {written} (figures in {os.path.join(workdir, report.FIGURES)})",
+          flush=True)
   return results
 
 
@@ -149,11 +155,12 @@ def main(config, workdir, mode, step=None):
     phases = trainer.train(config, data, workdir)
     finished = {name: (phase.recognizer, phase.final_recognizer())
                 for name, phase in phases.items()}
-    return _evaluate_phases(config, data, finished, "results.json", workdir)
-  finished = {}
+    return _evaluate_phases(config, data, finished, "results.json", workdir,
+                            {name: phase.num_steps for name, phase in phases.items()})
+  finished, steps = {}, {}
   for name in saved:
     phase = trainer.PhaseCheckpoints(config, data, workdir, name)
     variables, restored = phase.saved_recognizer(step)
     print(f"[{name}] restored the recognizer of step {restored}", flush=True)
-    finished[name] = (phase.recognizer, variables)
-  return _evaluate_phases(config, data, finished, "eval.json", workdir)
+    finished[name], steps[name] = (phase.recognizer, variables), int(restored)
+  return _evaluate_phases(config, data, finished, "eval.json", workdir, steps)

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from aprn_jax.models import partial_fc
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -20,6 +22,18 @@ class TrainState:
   discriminator: Any       # {'params': ..., 'batch_stats': ...}
   recognizer_opt: Any
   discriminator_opt: Any
+  # The sharded identity classifier (partial_fc.Shards: rows and their R-optimizer state,
+  # split over the devices); None with the dense head, which is in `recognizer`.
+  classifier: Any = None
+
+
+def device_axes(sharded):
+  """pmap's in/out axes of a state: all replicated (None), but for a sharded classifier,
+  whose leaves lead with the device axis (0)."""
+  if not sharded:
+    return None
+  return TrainState(step=None, rng=None, recognizer=None, discriminator=None,
+                    recognizer_opt=None, discriminator_opt=None, classifier=0)
 
 
 def lr_schedule(optim_cfg, steps_per_epoch, update_period=1):
@@ -76,11 +90,23 @@ def _init_variables(recognizer, discriminator, rng, *, image_size, tap):
   return r_vars, d_vars
 
 
-def create(recognizer, discriminator, r_tx, d_tx, rng, image_size, tap):
+CLASSIFIER_STREAM = 1  # folded into the init key for the sharded classifier's rows
+
+
+def create(recognizer, discriminator, r_tx, d_tx, rng, image_size, tap, devices=None):
+  """The initial state; a sharded classifier is split over `devices` (default: the local
+  ones, those the pmapped step runs on) and trained by R's optimizer `r_tx`."""
   init_rng, state_rng = jax.random.split(rng)
   r_vars, d_vars = init_variables(recognizer, discriminator, init_rng, image_size, tap)
+  classifier = None
+  if partial_fc.is_sharded(recognizer):
+    images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+    dim = jax.eval_shape(lambda v, x: recognizer.apply(v, x, train=False)["embedding"],
+                         r_vars, images).shape[-1]
+    classifier = partial_fc.init(recognizer.head, jax.random.fold_in(init_rng, CLASSIFIER_STREAM),
+                                 dim, r_tx, devices or jax.local_devices())
   return TrainState(
       step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(state_rng),
       recognizer=r_vars, discriminator=d_vars,
       recognizer_opt=r_tx.init(r_vars["params"]),
-      discriminator_opt=d_tx.init(d_vars["params"]))
+      discriminator_opt=d_tx.init(d_vars["params"]), classifier=classifier)

@@ -19,13 +19,20 @@ Metrics: identity loss and accuracy; with D, its L1 to the truth (`d_l1`) and to
 The step is written for `jax.pmap(..., axis_name='batch')`: gradients and metrics are averaged
 across devices, and BatchNorm statistics are synchronised by the modules' `axis_name`, so a
 step on N devices equals a step on one device with the same global batch.
+
+With config.model.classifier=sharded the recognizer ends at the embedding and the classifier's
+rows are `state.classifier`, split over the devices (`models.partial_fc`): the identity loss,
+its embedding cotangent and each device's row gradients come from `partial_fc.loss_and_grads`;
+the embedding cotangent joins R's backward pass as the dense loss's would, and every device
+updates its own rows with R's optimizer (no pmean).
 """
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from aprn_jax import losses
+from aprn_jax import losses, train_state
+from aprn_jax.models import partial_fc
 
 AXIS = "batch"
 
@@ -47,21 +54,31 @@ def train_step(state, batch, mean_face, *, recognizer, discriminator, r_tx, d_tx
   if not (with_pose or train_recognizer):
     raise ValueError("a step that trains neither R nor D does nothing")
 
+  sharded = partial_fc.is_sharded(recognizer)
+
   def recognizer_forward(params):
     out, new_vars = recognizer.apply(
         {"params": params, "batch_stats": state.recognizer["batch_stats"]},
         images, labels, train=True, mutable=["batch_stats"])
-    id_loss = losses.identity_loss(out["logits"], labels)
-    aux = (new_vars["batch_stats"], out["plain_logits"])
-    return (id_loss, out["taps"][tap]), aux
+    if sharded:  # the classifier's rows are state.classifier: it takes the embedding
+      identity, accuracy = out["embedding"].astype(jnp.float32), None
+    else:
+      identity = losses.identity_loss(out["logits"], labels)
+      accuracy = jnp.mean(jnp.argmax(out["plain_logits"], -1) == labels)
+    return (identity, out["taps"][tap]), (new_vars["batch_stats"], accuracy)
 
   if train_recognizer:
-    (id_loss, f), r_vjp, (r_stats, plain_logits) = jax.vjp(
+    (identity, f), r_vjp, (r_stats, accuracy) = jax.vjp(
         recognizer_forward, state.recognizer["params"], has_aux=True)
   else:  # D's warm-up: R's forward pass alone; its new statistics are dropped
-    (id_loss, f), (_, plain_logits) = recognizer_forward(state.recognizer["params"])
-  metrics = {"identity_loss": id_loss,
-             "accuracy": jnp.mean(jnp.argmax(plain_logits, -1) == labels)}
+    (identity, f), (_, accuracy) = recognizer_forward(state.recognizer["params"])
+  if sharded:  # negatives drawn with the step's key: (seed, phase) state key, step, device
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    id_loss, accuracy, id_cotangent, row_grads = partial_fc.loss_and_grads(
+        recognizer.head, state.classifier.params, identity, labels, key, AXIS)
+  else:
+    id_loss, id_cotangent = identity, jnp.ones_like(identity)
+  metrics = {"identity_loss": id_loss, "accuracy": accuracy}
 
   f_cotangent = jnp.zeros_like(f)
   new_discriminator, new_d_opt = state.discriminator, state.discriminator_opt
@@ -94,17 +111,23 @@ def train_step(state, batch, mean_face, *, recognizer, discriminator, r_tx, d_tx
     new_d_opt = _select(d_on, d_opt, state.discriminator_opt)
 
   new_recognizer, new_r_opt = state.recognizer, state.recognizer_opt
+  new_classifier = state.classifier
   if train_recognizer:
-    (r_grads,) = r_vjp((jnp.ones_like(id_loss), f_cotangent))
+    (r_grads,) = r_vjp((id_cotangent, f_cotangent))
     r_grads = jax.lax.pmean(r_grads, AXIS)
     r_updates, new_r_opt = r_tx.update(r_grads, state.recognizer_opt,
                                        state.recognizer["params"])
     new_recognizer = {"params": optax.apply_updates(state.recognizer["params"], r_updates),
                       "batch_stats": r_stats}
+    if sharded:  # each device updates its own rows, whole: no other device holds them
+      rows = state.classifier
+      row_updates, row_opt = r_tx.update(row_grads, rows.opt, rows.params)
+      new_classifier = rows.replace(params=optax.apply_updates(rows.params, row_updates),
+                                    opt=row_opt)
 
   new_state = state.replace(
       step=state.step + 1, recognizer=new_recognizer, discriminator=new_discriminator,
-      recognizer_opt=new_r_opt, discriminator_opt=new_d_opt)
+      recognizer_opt=new_r_opt, discriminator_opt=new_d_opt, classifier=new_classifier)
   metrics = jax.lax.pmean(metrics, AXIS)
   if with_pose:  # a ratio of the batch means over all devices
     metrics["d_over_mean_face"] = metrics["d_l1"] / metrics["truth_to_mean_l1"]
@@ -118,7 +141,9 @@ def pmap_train_step(**static):
   example; the batch has a leading device axis.
   """
   step = lambda state, batch, mean_face: train_step(state, batch, mean_face, **static)
-  return jax.pmap(step, axis_name=AXIS, in_axes=(None, 0, None), out_axes=(None, None))
+  state_axes = train_state.device_axes(partial_fc.is_sharded(static["recognizer"]))
+  return jax.pmap(step, axis_name=AXIS, in_axes=(state_axes, 0, None),
+                  out_axes=(state_axes, None))
 
 
 def replicate(state):
@@ -128,7 +153,12 @@ def replicate(state):
   would make the step's second call compile a second program for the replicated output.
   """
   mesh = jax.sharding.Mesh(np.array(jax.local_devices()), (AXIS,))
-  return jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  replicated = jax.device_put(state.replace(classifier=None),
+                              jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  if state.classifier is None:
+    return replicated
+  # The sharded classifier: device i gets its rows, laid out as the step returns them.
+  return replicated.replace(classifier=jax.pmap(lambda rows: rows)(state.classifier))
 
 
 def check_landmarks(name, array, num_landmarks):

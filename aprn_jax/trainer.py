@@ -26,7 +26,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
-from aprn_jax import checkpoints, models, seeds, train_state, train_step
+from aprn_jax import checkpoints, console, models, seeds, train_state, train_step
+from aprn_jax.models import partial_fc
 from input_pipeline import preprocess
 
 PHASES = ("baseline", "aprn")
@@ -64,6 +65,7 @@ def check_train_config(config):
   if config.aprn.d_optim.name not in train_state.OPTIMIZERS:
     raise ValueError(f"config.aprn.d_optim.name={config.aprn.d_optim.name!r} is not an "
                      f"optimizer of this project; choose one of {train_state.OPTIMIZERS}")
+  partial_fc.check_config(config.model)
   devices = jax.device_count()
   if train.batch_size % devices:
     raise ValueError(f"config.train.batch_size={train.batch_size} is not divisible by the "
@@ -187,20 +189,20 @@ class Phase(PhaseCheckpoints):
     if init_recognizer is not None:
       state = state.replace(recognizer=init_recognizer,
                             recognizer_opt=self.r_tx.init(init_recognizer["params"]))
+      if state.classifier is not None:  # the baseline's sharded rows, a fresh optimizer
+        baseline = _checkpoint_dir(os.path.join(os.path.dirname(self.dir), "baseline"))
+        rows = checkpoints.restore_classifier(baseline, state.classifier).params
+        state = state.replace(classifier=state.classifier.replace(params=rows))
     return state
 
   def checkpoint_manager(self):
     return checkpoints.manager(self.checkpoint_dir(), keep=self.config.train.keep_checkpoints)
 
 
-def _log_line(phase, step, total, metrics, images_per_s, lrs, started, first_step, prefix=""):
-  elapsed = time.time() - started
-  done = step - first_step
-  eta = elapsed / max(done, 1) * (total - step)
-  parts = [f"{prefix}[{phase}] step {step}/{total}", f"{images_per_s:.0f} img/s"]
-  parts += [f"{k} {v:.4f}" for k, v in metrics.items()]
-  parts += [f"lr {lrs[0]:.2g}/{lrs[1]:.2g}", f"ETA {eta / 60:.1f} min"]
-  print("  ".join(parts), flush=True)
+def _log_note(metrics, images_per_s, lrs):
+  """What a metric line adds to the phase's progress: img/s, the metrics, R's/D's LR."""
+  parts = [f"{images_per_s:.0f} img/s"] + [f"{k} {v:.4f}" for k, v in metrics.items()]
+  return "  ".join(parts + [f"lr {lrs[0]:.2g}/{lrs[1]:.2g}"])
 
 
 def _drop_metrics_after(path, step):
@@ -237,8 +239,11 @@ def train_phase(phase: Phase, init_recognizer=None, log_prefix=None):
   metrics_path = os.path.join(phase.dir, "metrics.jsonl")
   if lead and os.path.exists(metrics_path):
     _drop_metrics_after(metrics_path, first_step)
-  window, window_start, started = [], time.time(), time.time()
+  window, window_start = [], time.time()
   last = {}
+  # One bar per phase on a terminal; elsewhere one line per metric line.
+  bar = console.Progress(f"[{phase.name}]", phase.num_steps, "steps", start=first_step,
+                         every_s=None) if lead else None
   for step in range(first_step, phase.num_steps):
     batch = next(batches)
     train_step.check_landmarks("batch['landmarks']", batch["landmarks"], data.num_landmarks)
@@ -250,6 +255,8 @@ def train_phase(phase: Phase, init_recognizer=None, log_prefix=None):
     if phase.is_log_step(step_done):
       last = {k: float(np.mean([m[k] for m in jax.device_get(window)])) for k in window[0]}
       if not all(math.isfinite(v) for v in last.values()):
+        if bar:
+          bar.stop()
         raise NonFiniteLossError(
             f"[{phase.name}] non-finite loss at step {step_done}: {last}. Training stopped; "
             f"the last good checkpoint (step {mngr.latest_step()}) in {phase.dir} is kept. "
@@ -264,12 +271,16 @@ def train_phase(phase: Phase, init_recognizer=None, log_prefix=None):
           for k, v in record.items():
             if k != "step":
               tf.summary.write(k, tf.constant(v, tf.float32), metadata=_SCALAR)
-        _log_line(phase.name, step_done, phase.num_steps, last, images_per_s, lrs, started,
-                  first_step,
-                  log_prefix(phase.name, step_done, phase.num_steps) if log_prefix else "")
+        prefix = log_prefix(phase.name, step_done, phase.num_steps) if log_prefix else ""
+        bar.label = f"{prefix}[{phase.name}]"
+        bar.update(step_done, _log_note(last, images_per_s, lrs), log=True)
       window, window_start = [], time.time()
+    elif bar:
+      bar.update(step_done)
     if at_checkpoint or step_done == phase.num_steps:
       checkpoints.save(mngr, state)
+  if bar:
+    bar.close()
   if writer:
     writer.flush()
   if int(state.step) != phase.num_steps:  # resumed at the end: checkpoint exists already

@@ -80,4 +80,7 @@ run train_224_fp32 90 benchmarks/train_step.py "${r101[@]}" --dtype=float32 --ba
 run train_112_fp32 90 benchmarks/train_step.py "${r101[@]}" "${at112[@]}" --dtype=float32 \
   --batch_size=256
 run inference_224_fp32 40 benchmarks/inference.py "${r101[@]}" --dtype=float32 --batch_size=256
+# The identity classifier at 1M and 10M ids, 512-d, 128 images: dense, sharded, sampled 0.1.
+run classifier_1gpu 150 benchmarks/classifier.py --devices=1 --num_classes=1000000,10000000 \
+  --embedding_dim=512 --per_device_batch=128 --memory_budget_mib=120000
 note "done" "\"seconds\": $SECONDS"

@@ -55,6 +55,11 @@ def get_config():
       embedding_dim=128,
       head="softmax",             # softmax | cosface | arcface | combined
       s=64.0, m=0.5, m1=1.0, m2=0.0, m3=0.0,
+      # dense: the head's classes on every device. sharded: split over the devices, softmax
+      # normalised across them (aprn_jax/models/partial_fc.py); for 100k+ identities.
+      classifier="dense",
+      sample_rate=1.0,            # sharded: share of each device's classes kept per step
+                                  # (positives always kept); 1.0 = no sampling
       dtype="float32",            # bfloat16 on GPUs/TPUs: activations only
   )
 

@@ -47,11 +47,11 @@ import itertools
 import multiprocessing
 import os
 import sys
-import time
 
 import numpy as np
 from PIL import Image
 
+from aprn_jax import console
 from input_pipeline import landmarks as landmarks_lib
 from input_pipeline import recordio
 from input_pipeline.readers import images as images_lib
@@ -260,26 +260,22 @@ def _batches(iterable, size):
 
 
 class _Progress:
-  """Counts per outcome, reported to `log` every few seconds and at the end."""
+  """Counts per outcome on a console.Progress to `log`: every few seconds and at the end."""
 
   def __init__(self, total, log):
     self.counts = {"detected": 0, "template box": 0, "unannotated": 0}
-    self._total, self._log = total, log
-    self._start = self._last = time.monotonic()
+    self._progress = console.Progress("annotate:", total, "images", every_s=_REPORT_SECONDS,
+                                      stream=log)
+
+  def _summary(self):
+    return "(" + ", ".join(f"{count} {name}" for name, count in self.counts.items()) + ")"
 
   def add(self, outcome):
     self.counts[outcome] += 1
-    if time.monotonic() - self._last > _REPORT_SECONDS:
-      self.report("progress")
-      self._last = time.monotonic()
+    self._progress.advance(note=self._summary())
 
-  def report(self, what):
-    seen = sum(self.counts.values())
-    rate = seen / max(time.monotonic() - self._start, 1e-9)
-    eta = f", {(self._total - seen) / rate / 60:.1f} min left" if rate and what != "done" else ""
-    summary = ", ".join(f"{count} {name}" for name, count in self.counts.items())
-    print(f"annotate: {what}: {seen}/{self._total} images ({summary}), {rate:.1f} images/s"
-          f"{eta}", file=self._log, flush=True)
+  def done(self):
+    self._progress.close(note=self._summary())
 
 
 def no_face_hint(no_face, total, upsample_below, aligned):
@@ -354,7 +350,7 @@ def annotate(input_path, out=None, aligned=None, num_workers=1, predictor_path=N
           table.write(key + "".join(f",{v:.1f}" for v in points.reshape(-1)) + "\n")
           table.flush()
           progress.add(how)
-    progress.report("done")
+    progress.done()
     hint = no_face_hint(no_face, len(todo), upsample_below, aligned)
     if hint:
       print(hint, file=log, flush=True)

@@ -161,18 +161,33 @@ def eval_transform(example, *, crop_size, image_size=None):
 
 
 @functools.lru_cache(maxsize=16)
-def _resize_matrix(crop_size, image_size):
+def resize_matrix(crop_size, image_size):
   """(image_size, crop_size) float32: the weights tf.image.resize (antialiased bilinear)
   gives each input row in each output row, read off by resizing the unit columns."""
   unit = tf.reshape(tf.eye(crop_size), [crop_size, crop_size, 1, 1])
   return tf.image.resize(unit, [image_size, 1], antialias=True).numpy()[:, :, 0, 0].T.copy()
 
 
+def resize_taps(crop_size, image_size):
+  """`resize_matrix` as its nonzero band: (indices, weights), both (image_size, K), with
+  output row s = sum_k weights[s, k] * input row indices[s, k]; K is the most inputs any
+  output row reads (4 for 112 -> 64), padded with weight 0. A K-term sum costs a fraction of
+  the dense product."""
+  matrix = resize_matrix(crop_size, image_size)
+  rows = [np.flatnonzero(row) for row in matrix]
+  taps = max(len(row) for row in rows)
+  indices = np.zeros((image_size, taps), np.int32)
+  weights = np.zeros((image_size, taps), np.float32)
+  for s, row in enumerate(rows):
+    indices[s, :len(row)], weights[s, :len(row)] = row, matrix[s, row]
+  return indices, weights
+
+
 def eval_images(images, *, crop_size, image_size=None):
   """`eval_transform`'s network inputs of a uint8 batch (N, H, W, 3), in numpy.
 
   The resize is separable and linear, so it is two matrix products with the very weights of
-  tf.image.resize (`_resize_matrix`): equal to `eval_transform` up to float rounding of the
+  tf.image.resize (`resize_matrix`): equal to `eval_transform` up to float rounding of the
   sums (the same values when there is no resize), at a fraction of its cost; evaluating files
   needs that, as TF's resize of a 112 crop to 64 costs about as much as the network.
   """
@@ -188,7 +203,7 @@ def eval_images(images, *, crop_size, image_size=None):
   if image_size == crop_size:
     out = crop.astype(np.float32)
   else:  # each side's resize as one large matrix product over the whole batch
-    weights = _resize_matrix(crop_size, image_size)
+    weights = resize_matrix(crop_size, image_size)
     n, size = len(crop), image_size
     rows = np.ascontiguousarray(crop.transpose(0, 1, 3, 2), np.float32)  # (N, H, C, W)
     rows = (rows.reshape(-1, crop_size) @ weights.T).reshape(n, crop_size, 3, size)

@@ -55,8 +55,10 @@ def test_a_registered_evaluator_adds_its_rows_without_editing_evaluate(toy, monk
   results = evaluate.evaluate(_toy_config(toy), _data(), None, None)
   assert results == {"toy": {"toy_score": 0.25, "toy_score_ci": [0.15, 0.35]}}
   table = evaluate.table({"baseline": results, "aprn": results})
-  row = [line for line in table.splitlines() if line.startswith("toy toy_score")]
-  assert len(row) == 1 and row[0].split()[2:] == ["25.00", "+-", "10.00"] * 2
+  lines = table.splitlines()
+  row = [line for line in lines if line.startswith("  toy_score")]
+  assert len(row) == 1 and lines[lines.index(row[0]) - 1] == "toy"  # under its benchmark
+  assert row[0].split()[1:] == ["25.00", "+-", "10.00"] * 2 + ["+0.00"]  # aprn - baseline
 
 
 def test_a_registered_evaluator_is_checked_before_training(toy):

@@ -295,7 +295,7 @@ def test_tar_at_far_equals_a_hand_computation(tmp_path, monkeypatch, target):
     assert 0 <= low <= high <= 1
   assert (result["num_templates"], result["num_comparisons"], result["num_images"]) == (
       12, len(pairs), len(names))
-  assert f"{target} tar_at_far 1e-06" in evaluate.table({"baseline": {target: result}})
+  assert f"\n{target}\n  tar_at_far 1e-06 " in evaluate.table({"baseline": {target: result}})
 
 
 def test_ijbb_has_no_synthetic_copy():

@@ -141,6 +141,30 @@ def test_embed_is_backbone_only_and_unit_norm():
   assert set(inference.backbone_variables(variables)["params"]) == {"backbone"}
 
 
+@pytest.mark.parametrize("stored, crop, flip", [(40, 36, True), (32, 32, False), (30, 24, True)])
+def test_image_embed_fn_equals_host_preprocessing_then_embed_fn(stored, crop, flip):
+  """uint8 images through the device's crop, resize and flip = the host's eval_images, then
+  make_embed_fn, then extract's flip sum (on the 4 fake devices)."""
+  from aprn_jax import inference
+  from aprn_jax.evaluation import embeddings
+  from input_pipeline import preprocess
+  config = make_config(stage_sizes=(1, 1, 1, 1), width=4, embedding_dim=8, image_size=32)
+  recognizer, _ = models.make_models(config, num_classes=5, num_landmarks=51)
+  variables = recognizer.init(jax.random.key(0), np.zeros((4, 32, 32, 3), np.float32), None)
+  raw = np.random.default_rng(stored).integers(0, 256, (8, stored, stored, 3), np.uint8)
+  inputs = preprocess.eval_images(raw, crop_size=crop, image_size=32)
+  expected = embeddings.extract(inference.make_embed_fn(recognizer, variables), inputs,
+                                batch_size=8, flip=flip, progress_every_s=None)
+  embed = inference.make_image_embed_fn(recognizer, variables, crop_size=crop,
+                                        image_size=32, flip=flip)
+  got = embeddings.l2_normalize(np.asarray(embed(raw)))
+  np.testing.assert_allclose(got, expected, atol=2e-6)
+  with pytest.raises(ValueError, match="expected uint8"):
+    embed(inputs)
+  with pytest.raises(ValueError, match="not divisible by the 4 local devices"):
+    embed(raw[:6])
+
+
 def test_untrained_discriminator_answers_the_mean_face():
   """Bias = the mean face, kernel 0.01 x flax's default: the output is the mean face up to a
   small deviation, for any feature map; a mean face of the wrong size is refused."""

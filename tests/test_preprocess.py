@@ -345,3 +345,11 @@ def test_eval_images_equal_eval_transform_image_by_image(stored, crop, size):
   np.testing.assert_allclose(batched[0], 200 / 127.5 - 1, atol=2e-6)
   with pytest.raises(ValueError, match="crop_size 60 is larger"):
     preprocess.eval_images(images[:, :50, :50], crop_size=60, image_size=size)
+
+
+@pytest.mark.parametrize("crop, size", [(112, 64), (96, 112), (64, 64), (49, 32)])
+def test_resize_taps_are_the_band_of_the_resize_matrix(crop, size):
+  indices, weights = preprocess.resize_taps(crop, size)
+  dense = np.zeros((size, crop), np.float32)
+  np.add.at(dense, (np.arange(size)[:, None], indices), weights)
+  np.testing.assert_array_equal(dense, preprocess.resize_matrix(crop, size))

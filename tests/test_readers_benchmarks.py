@@ -459,3 +459,43 @@ def test_megaface_malformed_lists_name_the_file(megaface_root, contents, error, 
   fixture_files.write_text(str(path), contents)
   with pytest.raises(error, match=f"facescrub_features_list.json: {message}"):
     megaface.read_probe_list(str(path), str(megaface_root / "facescrub"))
+
+
+def _encoded(array, mode, **save):
+  buffer = io.BytesIO()
+  Image.fromarray(array, mode).save(buffer, "JPEG", **save)
+  return buffer.getvalue()
+
+
+def _pillow_decode(data, size):
+  """Pillow's own decode, convert and centred-square resize: the reference of decode_image."""
+  with Image.open(io.BytesIO(data)) as image:
+    image = image.convert("RGB")
+  side = min(image.size)
+  left, top = (image.size[0] - side) / 2, (image.size[1] - side) / 2
+  return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR,
+                                 box=(left, top, left + side, top + side)))
+
+
+@pytest.mark.parametrize("mode, shape, save", [
+    ("RGB", (40, 40, 3), {}),                                  # YCbCr 4:2:0, simplejpeg
+    ("RGB", (40, 40, 3), {"subsampling": 0, "quality": 95}),   # 4:4:4, simplejpeg
+    ("RGB", (40, 40, 3), {"progressive": True}),               # progressive, simplejpeg
+    ("L", (40, 40), {}),                                        # grayscale, simplejpeg
+    ("CMYK", (40, 40, 4), {}),                                  # Pillow
+    ("RGB", (50, 64, 3), {}),                                   # needs a resize: Pillow
+])
+def test_decode_image_equals_pillow_for_every_jpeg_kind(mode, shape, save):
+  """JPEGs written by Pillow: decode_image (simplejpeg when no resize is needed, else Pillow)
+  gives Pillow's pixels exactly."""
+  array = np.random.default_rng(0).integers(0, 256, shape, np.uint8)
+  data = _encoded(array, mode, **save)
+  decoded = images.decode_image(data, 40)
+  assert decoded.shape == (40, 40, 3) and decoded.dtype == np.uint8
+  np.testing.assert_array_equal(decoded, _pillow_decode(data, 40))
+
+
+def test_decode_image_truncated_jpeg_names_the_image():
+  data = _encoded(np.random.default_rng(1).integers(0, 256, (40, 40, 3), np.uint8), "RGB")
+  with pytest.raises(ValueError, match="cannot decode image 3 of x.bin"):
+    images.decode_image(data[:len(data) // 2], 40, "image 3 of x.bin")

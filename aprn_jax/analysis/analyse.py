@@ -34,7 +34,6 @@ Numbers go to <workdir>/analysis/analysis.json, pictures beside it:
 the first/last (up to) 10 probe steps. All L1 are per coordinate in the normalised [-1, 1] frame.
 """
 import os
-import time
 
 import jax
 import numpy as np
@@ -113,12 +112,9 @@ def analyse_phase(config, data, phase, step, train_set, held_out, out_dir):
     print(f"[{phase.name}] landmark probes skipped: {note}", flush=True)
     results["landmark_probes"] = {"skipped": note}
   elif taps:
-    print(f"[{phase.name}] training landmark probes on {', '.join(taps)}", flush=True)
-    started = time.time()
     results["landmark_probes"], probes, probe_variables = landmark_probe.run(
-        config, recognizer, recognizer_variables, train_set, held_out, data.mean_face, taps)
-    print(f"[{phase.name}] {config.analysis.probe_steps} probe steps took "
-          f"{time.time() - started:.0f} s", flush=True)
+        config, recognizer, recognizer_variables, train_set, held_out, data.mean_face, taps,
+        label=f"[{phase.name}] landmark probes on {', '.join(taps)}")
 
   tap = config.aprn.tap
   if phase.name == "aprn":

@@ -32,7 +32,7 @@ import numpy as np
 import optax
 import tensorflow as tf
 
-from aprn_jax import inference, losses, models
+from aprn_jax import console, inference, losses, models
 from input_pipeline import preprocess
 from input_pipeline.readers import cfp, images as images_lib
 
@@ -169,8 +169,9 @@ def _predict(recognizer, probes, recognizer_variables, variables, images):
 
 
 def train_probes(probes, recognizer, recognizer_variables, train_set, *, steps, batch_size,
-                 lr, seed):
-  """(probe variables per tap, train L1 per step as {tap: (steps,)})."""
+                 lr, seed, label="landmark probes"):
+  """(probe variables per tap, train L1 per step as {tap: (steps,)}); the steps' progress
+  under `label`."""
   rng = np.random.default_rng(seed)
   n = len(train_set.images)
 
@@ -181,12 +182,14 @@ def train_probes(probes, recognizer, recognizer_variables, train_set, *, steps, 
                          train_set.images[batch_index()], jax.random.key(seed),
                          jnp.asarray(train_set.landmarks.mean(axis=0)))
   history = []
-  for _ in range(steps):
-    index = batch_index()
-    variables, opt, l1s = _train_step(recognizer, probes, recognizer_variables, variables, opt,
-                                      train_set.images[index], train_set.landmarks[index],
-                                      np.float32(lr))
-    history.append(l1s)
+  with console.Progress(label, steps, "steps") as progress:
+    for _ in range(steps):
+      index = batch_index()
+      variables, opt, l1s = _train_step(recognizer, probes, recognizer_variables, variables,
+                                        opt, train_set.images[index],
+                                        train_set.landmarks[index], np.float32(lr))
+      history.append(l1s)
+      progress.advance()
   history = jax.device_get(history)
   return variables, {tap: np.array([h[tap] for h in history], np.float32) for tap, _ in probes}
 
@@ -212,13 +215,14 @@ def _summary(per_image, is_profile):
   return out
 
 
-def run(config, recognizer, recognizer_variables, train_set, test_set, mean_face, taps):
+def run(config, recognizer, recognizer_variables, train_set, test_set, mean_face, taps,
+        label="landmark probes"):
   """(results dict, probes, {tap: variables}) of the Table 3 probes on `taps`."""
   cfg = config.analysis
   probes = make_probes(config, train_set.landmarks.shape[1], taps)
   variables, history = train_probes(
       probes, recognizer, recognizer_variables, train_set, steps=cfg.probe_steps,
-      batch_size=cfg.probe_batch_size, lr=cfg.probe_lr, seed=cfg.seed)
+      batch_size=cfg.probe_batch_size, lr=cfg.probe_lr, seed=cfg.seed, label=label)
   predicted = predictor(probes, variables, recognizer, recognizer_variables,
                         config.eval.batch_size)(test_set.images)
   window = max(1, min(10, cfg.probe_steps // 4))

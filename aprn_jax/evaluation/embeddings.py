@@ -10,9 +10,10 @@ as insightface evaluates, which makes the embedding invariant to a horizontal fl
 import json
 import pathlib
 import sys
-import time
 
 import numpy as np
+
+from aprn_jax import console
 
 # Largest deviation of an embedding's norm from 1 that the evaluation code accepts.
 UNIT_NORM_TOLERANCE = 1e-3
@@ -102,23 +103,23 @@ def extract(embed_fn, images, batch_size, flip=True, progress_every_s=10.0):
     images: an array (N, H, W, 3), or an iterable of images (H, W, 3) and/or batches.
     batch_size: images per call of embed_fn.
     flip: embed(image) + embed(mirrored image) before normalising, as insightface does.
-    progress_every_s: seconds between progress lines on stderr; None for none.
+    progress_every_s: seconds between progress lines on stderr (`console.Progress`; a bar
+      on a terminal); None for none.
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be positive, got {batch_size}")
-  outputs, num_done = [], 0
-  start = last_report = time.monotonic()
+  outputs = []
+  progress = None if progress_every_s is None else console.Progress(
+      "extract:", None, "images", every_s=progress_every_s, stream=sys.stderr)
   for batch, num_real in _fixed_size_batches(images, batch_size):
     embedding = _embed_batch(embed_fn, batch)
     if flip:
       embedding = embedding + _embed_batch(embed_fn, np.ascontiguousarray(batch[:, :, ::-1]))
     outputs.append(embedding[:num_real])
-    num_done += num_real
-    now = time.monotonic()
-    if progress_every_s is not None and now - last_report >= progress_every_s:
-      print(f"extract: {num_done} images, {num_done / (now - start):.1f} images/s",
-            file=sys.stderr, flush=True)
-      last_report = now
+    if progress:
+      progress.advance(num_real)
+  if progress:
+    progress.close()
   if not outputs:
     raise ValueError("images: no images to embed")
   return l2_normalize(np.concatenate(outputs))

@@ -14,6 +14,7 @@ accepted or rejected together (no interpolation inside a tie). The ROC curve is 
 - AUC: trapezoidal area under that curve (= P(genuine > impostor) + P(equal) / 2).
 - EER: where the straight line between two consecutive points crosses FAR = 1 - TAR.
 - TAR@FAR f: the largest TAR among the points with FAR <= f (0 if none, as at (0, 0)).
+- roc: TAR@FAR at 10 FARs per decade (`ROC_FARS`), the curve the run's report draws.
 """
 import dataclasses
 
@@ -107,6 +108,18 @@ def tar_at_far(far, tar, target_far):
   return float(tar[np.searchsorted(far, target_far, side="right") - 1])
 
 
+# The FARs at which results keep a ROC curve (the report's plots): 10 per decade, 1e-6 to 1.
+ROC_FARS = tuple(float(f"{10 ** (k / 10):.3g}") for k in range(-60, 1))
+
+
+def sampled_roc(far, tar, fars=ROC_FARS):
+  """{"far": [...], "tar": [...]}: `tar_at_far` at each of `fars` from the curve's smallest
+  nonzero FAR on (below it the pairs cannot measure a rate)."""
+  smallest = far[far > 0].min()
+  kept = [f for f in fars if f >= smallest * (1 - 1e-9)]
+  return {"far": kept, "tar": [tar_at_far(far, tar, f) for f in kept]}
+
+
 @dataclasses.dataclass(frozen=True)
 class VerificationResult:
   """k-fold accuracy (insightface protocol) and ROC numbers over all pairs."""
@@ -118,6 +131,7 @@ class VerificationResult:
   auc: float
   eer: float
   tar_at_far: dict
+  roc: dict = None  # `sampled_roc` of the curve over all pairs
 
   def as_dict(self):
     """JSON-friendly copy (arrays as lists)."""
@@ -130,6 +144,7 @@ class VerificationResult:
         "auc": self.auc,
         "eer": self.eer,
         "tar_at_far": {f"{far:g}": tar for far, tar in self.tar_at_far.items()},
+        "roc": self.roc,
     }
 
 
@@ -190,6 +205,7 @@ def evaluate_distances(distances, issame, fold_ids, thresholds=THRESHOLDS, fars=
       auc=roc_auc(far, tar),
       eer=equal_error_rate(far, tar),
       tar_at_far={target: tar_at_far(far, tar, target) for target in fars},
+      roc=sampled_roc(far, tar),
   )
 
 

@@ -77,7 +77,9 @@ def make_models(config, *, num_classes, num_landmarks, mean_face=None, axis_name
   backbone = make_backbone(model_cfg, axis_name)
   head = heads.make_head(model_cfg.head, num_classes, s=model_cfg.get("s", 64.0),
                          m=model_cfg.get("m", 0.5), m1=model_cfg.get("m1", 1.0),
-                         m2=model_cfg.get("m2", 0.0), m3=model_cfg.get("m3", 0.0))
+                         m2=model_cfg.get("m2", 0.0), m3=model_cfg.get("m3", 0.0),
+                         classifier=model_cfg.get("classifier", "dense"),
+                         sample_rate=model_cfg.get("sample_rate", 1.0))
   recognizer = Recognizer(backbone=backbone, head=head)
 
   tap = _choice(aprn_cfg.tap, tap_names(model_cfg), "config.aprn.tap")

@@ -61,14 +61,21 @@ class MarginHead(nn.Module):
     return margin_logits(cos, labels, s=self.s, m1=self.m1, m2=self.m2, m3=self.m3), plain
 
 
-def make_head(name, num_classes, *, s=64.0, m=0.5, m1=1.0, m2=0.0, m3=0.0):
-  """The head named in the config; s and m are used by cosface/arcface, m1-m3 by combined."""
+def make_head(name, num_classes, *, s=64.0, m=0.5, m1=1.0, m2=0.0, m3=0.0,
+              classifier="dense", sample_rate=1.0):
+  """The head named in the config; s and m are used by cosface/arcface, m1-m3 by combined.
+
+  classifier="sharded": the same head with its classes split over the devices
+  (`partial_fc`, config.model.classifier and sample_rate)."""
+  margins = {"cosface": (1.0, 0.0, m), "arcface": (1.0, m, 0.0), "combined": (m1, m2, m3)}
+  if name != "softmax" and name not in margins:
+    raise ValueError(f"config.model.head={name!r} is not a head; choose one of {HEADS}")
+  if classifier != "dense" or sample_rate != 1.0:
+    from aprn_jax.models import partial_fc  # it builds on margin_logits above
+    partial_fc.check_config({"classifier": classifier, "sample_rate": sample_rate})
+    m1, m2, m3 = margins.get(name, (1.0, 0.0, 0.0))
+    return partial_fc.ShardedHead(num_classes, softmax=name == "softmax", s=s, m1=m1, m2=m2,
+                                  m3=m3, sample_rate=sample_rate)
   if name == "softmax":
     return SoftmaxHead(num_classes)
-  if name == "cosface":
-    return MarginHead(num_classes, s=s, m3=m)
-  if name == "arcface":
-    return MarginHead(num_classes, s=s, m2=m)
-  if name == "combined":
-    return MarginHead(num_classes, s=s, m1=m1, m2=m2, m3=m3)
-  raise ValueError(f"config.model.head={name!r} is not a head; choose one of {HEADS}")
+  return MarginHead(num_classes, s, *margins[name])

@@ -40,14 +40,14 @@ import hashlib
 import io
 import os
 import sys
-import time
 
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from aprn_jax import console
 from input_pipeline import landmarks as landmarks_lib
-from input_pipeline import mean_face
+from input_pipeline import local_build, mean_face
 from input_pipeline import recordio
 from input_pipeline.real import tables
 
@@ -185,29 +185,11 @@ def make_example(data, where, points, size, table_path="the landmark table"):
           "visibility": np.ones(NUM_LANDMARKS, bool), "yaw": np.float32(yaw)}
 
 
-class _Progress:
-  """Counts on stderr while a build runs."""
-
-  def __init__(self, what, total):
-    self.what, self.total, self.count = what, total, 0
-    self.start = self.last = time.monotonic()
-
-  def advance(self):
-    self.count += 1
-    now = time.monotonic()
-    if now - self.last >= _PROGRESS_EVERY_S:
-      self.last = now
-      _say(f"{self.what}: {self.count}/{self.total} images, {now - self.start:.0f} s")
-
-  def seconds(self):
-    return time.monotonic() - self.start
-
-
 def _say(message):
   print(message, file=sys.stderr, flush=True)
 
 
-class RealFacesBuilder(tfds.core.GeneratorBasedBuilder):
+class RealFacesBuilder(local_build.LocalBuild, tfds.core.GeneratorBasedBuilder):
   """The shared build of both real-face builders: plan, decode and check, report."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -271,7 +253,7 @@ class RealFacesBuilder(tfds.core.GeneratorBasedBuilder):
     config = self.builder_config
     what = f"{self.name}/{config.name}"
     _say(f"{what}: {plan.summary}")
-    progress = _Progress(what, len(plan.items))
+    progress = console.Progress(what, len(plan.items), "images", every_s=_PROGRESS_EVERY_S)
     skipped = list(plan.skipped)
     frontal_sum, frontal_count = np.zeros((NUM_LANDMARKS, 2), np.float64), 0
     per_label = np.zeros(len(plan.names), np.int64)
@@ -288,9 +270,13 @@ class RealFacesBuilder(tfds.core.GeneratorBasedBuilder):
           frontal_sum += example["landmarks"]
           frontal_count += 1
         yield key, example
+    except BaseException:
+      progress.stop()
+      raise
     finally:
       if plan.reader is not None:
         plan.reader.close()
+    progress.close()
     self._finish(what, plan, skipped, per_label, frontal_sum, frontal_count, progress)
 
   def _finish(self, what, plan, skipped, per_label, frontal_sum, frontal_count, progress):
@@ -312,7 +298,7 @@ class RealFacesBuilder(tfds.core.GeneratorBasedBuilder):
     final = os.path.join(os.path.dirname(os.path.normpath(self.data_dir)), str(self.version))
     empty = int((per_label == 0).sum())
     _say(f"{what}: wrote {kept} images of {len(plan.names) - empty} identities in "
-         f"{progress.seconds():.1f} s; skipped {len(skipped)}"
+         f"{progress.elapsed():.1f} s; skipped {len(skipped)}"
          + (f" (listed in {os.path.join(final, SKIPPED_FILE)})" if skipped else "")
          + (f"; {empty} of {len(plan.names)} labels have no image" if empty else "")
          + f"; mean face from {frontal_count} near-frontal images")

@@ -43,15 +43,14 @@ parallel without changing the output. The frontal mean face of the training spli
 import dataclasses
 import io
 import multiprocessing
-import sys
-import time
 
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from aprn_jax import console
 from input_pipeline import landmarks as landmarks_lib
-from input_pipeline import mean_face
+from input_pipeline import local_build, mean_face
 from input_pipeline.synthetic import faces, renderer
 
 NUM_LANDMARKS = landmarks_lib.NUM_POINTS["ibug51"]
@@ -270,7 +269,8 @@ def generate(config, split):
   tasks = ((_identity_seed(config, split, i), [view for _, view in plan], config.image_size,
             config.supersample) for i, plan in enumerate(plans))
   total = sum(map(len, plans))
-  progress = _Progress(f"synthetic_faces/{config.name} {split}", total)
+  progress = console.Progress(f"synthetic_faces/{config.name} {split}", total, "images",
+                              every_s=_PROGRESS_EVERY_S)
   if config.workers > 1:
     pool = multiprocessing.get_context("spawn").Pool(config.workers)
     results = pool.imap(faces.render_task, tasks)
@@ -281,32 +281,13 @@ def generate(config, split):
       for (file_name, view), (image, points, visible) in zip(plan, rendered):
         yield label, file_name, view, image, points, visible
       progress.advance(len(plan))
+  except BaseException:
+    progress.stop()
+    raise
   finally:
     if pool is not None:
       pool.terminate()
-  progress.done()
-
-
-class _Progress:
-  """Counts on stderr while a split renders."""
-
-  def __init__(self, what, total):
-    self.what, self.total, self.count = what, total, 0
-    self.start = self.last = time.monotonic()
-    print(f"{self.what}: rendering {total} images", file=sys.stderr, flush=True)
-
-  def advance(self, n):
-    self.count += n
-    now = time.monotonic()
-    if now - self.last >= _PROGRESS_EVERY_S:
-      self.last = now
-      print(f"{self.what}: {self.count}/{self.total} images, {now - self.start:.0f} s",
-            file=sys.stderr, flush=True)
-
-  def done(self):
-    rate = self.count / max(time.monotonic() - self.start, 1e-9)
-    print(f"{self.what}: {self.count} images in {time.monotonic() - self.start:.1f} s "
-          f"({rate:.0f} images/s)", file=sys.stderr, flush=True)
+  progress.close()
 
 
 def _png(image):
@@ -315,7 +296,7 @@ def _png(image):
   return buffer.getvalue()
 
 
-class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
+class SyntheticFaces(local_build.LocalBuild, tfds.core.GeneratorBasedBuilder):
   """Rendered faces of many identities from frontal to full profile, with 51 landmarks."""
 
   VERSION = tfds.core.Version("2.0.0")

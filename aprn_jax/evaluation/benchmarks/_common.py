@@ -4,7 +4,8 @@ import numpy as np
 from aprn_jax.evaluation import intervals, verification
 from input_pipeline.readers import images as images_lib
 
-VERIFICATION_FIELDS = ("accuracy", "accuracy_std", "accuracy_sem", "auc", "eer", "tar_at_far")
+VERIFICATION_FIELDS = ("accuracy", "accuracy_std", "accuracy_sem", "auc", "eer", "tar_at_far",
+                       "roc")
 VERIFICATION_TABLE_KEYS = ("accuracy", "auc", "eer", "tar_at_far")
 
 

@@ -18,7 +18,7 @@ comparisons it opens, instead of grouped by person.
 """
 import numpy as np
 
-from aprn_jax.evaluation import intervals, registry, templates
+from aprn_jax.evaluation import intervals, registry, templates, verification
 from input_pipeline.readers import face_align
 from input_pipeline.readers import ijbc as ijbc_reader
 
@@ -55,12 +55,14 @@ def _run(target, context):
   template_list, features = templates.pool_templates(
       _embeddings(context, protocol), protocol.template_ids, protocol.media_ids)
   scores = _scores(template_list, features, protocol.tid1, protocol.tid2)
-  tars = templates.tar_at_fars(scores, protocol.genuine, FARS)
+  far, tar, _ = verification.roc_curve(scores, protocol.genuine)  # one sort for both
+  tars = {target: verification.tar_at_far(far, tar, target) for target in FARS}
   chunk = int(np.clip(_BOOTSTRAP_WEIGHTS // (0.15 * len(scores) + 1), 1, 250))
   ci = intervals.tar_at_far_bootstrap(scores, protocol.genuine, protocol.tid1, list(FARS),
                                       chunk=chunk)
   return {target: {"tar_at_far": {str(far): tar for far, tar in tars.items()},
                    "tar_at_far_ci": {str(far): list(ci[far]) for far in FARS},
+                   "roc": verification.sampled_roc(far, tar),
                    "num_templates": len(template_list), "num_comparisons": len(scores),
                    "num_images": len(protocol.paths)}}
 

@@ -1,0 +1,252 @@
+"""The identity classifier sharded over devices, with Partial FC sampling (An et al., CVPR 2022).
+
+With millions of identities the classifier, not the backbone, fills the devices: 2M ids x 512
+dimensions is a 1-billion-parameter matrix, and its momentum and logits again. Here each of
+the N devices of the pmapped step (axis `batch`) holds a contiguous block of the class
+centres as rows, Cs = ceil(C / N) of them: device d holds classes d * Cs .. (d + 1) * Cs - 1.
+The rows from C up to N * Cs pad the last blocks: they start at zero, get no gradient, so
+weight decay and momentum leave them at zero, and every softmax masks them out.
+
+One step, on every device (`loss_and_grads`):
+- the embeddings and labels of the global batch of B images are all-gathered;
+- the device chooses its classes: all Cs rows (sample_rate 1.0: model parallel), or a sample
+  of K (below);
+- logits of the B embeddings against those rows, with the configured head's margin on the
+  target (`heads.margin_logits`, the formula of the dense heads);
+- the log-softmax over all devices' logits is normalised with the cross-device max (pmax)
+  and sum of exponentials (psum); the loss is the mean cross-entropy over the global batch;
+- its gradient with respect to the logits, (softmax - one-hot) / B, is pulled back through
+  the device's logits: the device's rows get their whole gradient (no other device holds
+  them, so it is not averaged), the embeddings get the sum of every device's part
+  (psum_scatter hands each device the rows of its own images).
+Only the device's own rows get gradients and optimizer state (R's optimizer, `Shards.opt`).
+
+Sampling (sample_rate < 1): the sample size is fixed per run, K = min(Cs, max(ceil(sample_rate
+x Cs), B)). A global batch holds at most B distinct positive classes, so no device ever has
+more positives than K: every positive class is always kept. The rest of the K rows are
+negatives drawn uniformly without replacement from the device's other real classes, with the
+step's key (the seed's state key, the step and the device), so a resumed run draws the same
+ones. When a device's positives outnumber ceil(sample_rate x Cs) its sample holds all of them
+and fewer negatives (the configured rate is exceeded, the positives are never cut). Rows not
+in the sample get no loss gradient that step; weight decay and momentum still apply to every
+row of the shard, as for the dense head, so at sample_rate 1.0 the update is the dense head's.
+Training accuracy is then measured against the sampled classes only (optimistic).
+
+Checkpoints hold the rows in class order, padding dropped (`to_global`), and a restore lays
+them out again for the device count at hand (`from_global`). The step splits the classes over
+every device of the pmap, all hosts' included; saving them is single-host so far (`to_global`
+refuses a multi-host run rather than write a part).
+"""
+import math
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from aprn_jax.models import heads
+
+CLASSIFIERS = ("dense", "sharded")
+
+
+def check_config(model_cfg):
+  """Errors naming config.model.classifier / sample_rate, before any work is done."""
+  classifier = model_cfg.get("classifier", "dense")
+  rate = model_cfg.get("sample_rate", 1.0)
+  if classifier not in CLASSIFIERS:
+    raise ValueError(f"config.model.classifier={classifier!r} is not a classifier of this "
+                     f"project; choose one of {CLASSIFIERS}")
+  if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 < rate <= 1.0:
+    raise ValueError(f"config.model.sample_rate={rate!r} must be a number in (0, 1]")
+  if classifier == "dense" and rate != 1.0:
+    raise ValueError(f"config.model.sample_rate={rate} samples the sharded classifier only; "
+                     f"set config.model.classifier='sharded' (or sample_rate=1.0)")
+
+
+class ShardedHead(nn.Module):
+  """The head's settings for the sharded classifier. It holds no parameters: the rows are the
+  train state's `classifier` (`Shards`) and the step computes the loss (`loss_and_grads`), so
+  the recognizer's variables (and its checkpoint item) are the backbone's alone."""
+  num_classes: int
+  softmax: bool = False  # Softmax (kernel and bias per class), else cosine rows with margins
+  s: float = 64.0
+  m1: float = 1.0
+  m2: float = 0.0
+  m3: float = 0.0
+  sample_rate: float = 1.0
+
+  def __call__(self, embedding, labels):
+    return None, None
+
+
+@flax.struct.dataclass
+class Shards:
+  """The sharded classifier of a train state. Every leaf leads with the device axis: rows
+  (devices, Cs, ...) of the parameters and of the optimizer's per-parameter state, and
+  (devices,) for the optimizer's scalars (its step count), one copy per device."""
+  params: Any
+  opt: Any
+  num_classes: int = flax.struct.field(pytree_node=False)
+
+
+def is_sharded(recognizer):
+  return isinstance(getattr(recognizer, "head", None), ShardedHead)
+
+
+def shard_rows(num_classes, num_shards):
+  return -(-num_classes // num_shards)
+
+
+def sample_size(rows, sample_rate, global_batch):
+  """K: the rows a device keeps each step (see the module docstring)."""
+  if sample_rate >= 1.0:
+    return rows
+  return min(rows, max(math.ceil(sample_rate * rows), global_batch))
+
+
+def init(head, rng, embedding_dim, tx, devices):
+  """Shards for `devices`, with `tx` (R's optimizer) initialised on them.
+
+  Each class's row is drawn from (rng, class id) with the dense head's initializer (Softmax:
+  flax Dense's lecun normal over the embedding and a zero bias; margin heads: normal(0.01)),
+  so a run starts from the same centres on any device count. Each device draws its own rows.
+  Over several hosts the classes split over all their devices, in the pmap's device order.
+  """
+  num_shards = len(devices) * jax.process_count()
+  rows = shard_rows(head.num_classes, num_shards)
+
+  def row(class_id):
+    key = jax.random.fold_in(rng, class_id)
+    if head.softmax:
+      return {"kernel": nn.initializers.lecun_normal()(key, (embedding_dim, 1))[:, 0],
+              "bias": jnp.zeros((), jnp.float32)}
+    return {"centres": nn.initializers.normal(0.01)(key, (embedding_dim,))}
+
+  def shard(index):
+    classes = index * rows + jnp.arange(rows)
+    params = jax.vmap(row)(classes)
+    real = classes < head.num_classes
+    params = jax.tree.map(
+        lambda p: jnp.where(real.reshape((-1,) + (1,) * (p.ndim - 1)), p, 0), params)
+    return Shards(params, tx.init(params), head.num_classes)
+
+  first = jax.process_index() * len(devices)
+  return jax.pmap(shard, devices=devices)(first + jnp.arange(len(devices)))
+
+
+def _unit(v):
+  return v * jax.lax.rsqrt(jnp.sum(v * v, -1, keepdims=True) + 1e-12)
+
+
+def choose(head, key, labels, rows, first):
+  """(rows chosen, sorted; each image's target position among them, K where the target is on
+  another device) for one device whose rows start at class `first`; `labels`: the global
+  batch's."""
+  size = sample_size(rows, head.sample_rate, labels.shape[0])
+  local = jnp.where((labels >= first) & (labels < first + rows), labels - first, rows)
+  if size == rows:
+    return jnp.arange(rows), local
+  positive = jnp.zeros(rows, jnp.bool_).at[local].set(True, mode="drop")
+  score = jax.random.uniform(key, (rows,))
+  score = jnp.where(positive, 2.0, score)  # above every negative's score in [0, 1)
+  score = jnp.where(first + jnp.arange(rows) < head.num_classes, score, -1.0)  # padding last
+  chosen = jnp.sort(jax.lax.top_k(score, size)[1])
+  position = jnp.full(rows + 1, size).at[chosen].set(jnp.arange(size))[local]
+  return chosen, position
+
+
+def _logits(head, params, embedding, chosen, position, sampled):
+  """(training logits, plain logits) of the embeddings against the chosen rows."""
+  if sampled:
+    params = jax.tree.map(lambda p: p[chosen], params)
+  if head.softmax:
+    plain = embedding @ params["kernel"].T + params["bias"]
+    return plain, plain
+  cos = _unit(embedding) @ _unit(params["centres"]).T
+  return (heads.margin_logits(cos, position, s=head.s, m1=head.m1, m2=head.m2, m3=head.m3),
+          head.s * cos)
+
+
+def loss_and_grads(head, params, embedding, labels, key, axis):
+  """Inside a pmap over `axis`: (loss, accuracy, embedding cotangent, the rows' gradient).
+
+  `params`: this device's rows; `embedding` (b, D) float32 and `labels` (b,): this device's
+  images. The loss and accuracy are the global batch's (the same on every device). The
+  embedding cotangent is the gradient of this device's share of the loss as the dense head
+  computes it (the mean over its own b images), so the step's pmean of R's gradients gives
+  the gradient of the global mean, as with the dense head.
+  """
+  embedding = jax.lax.all_gather(embedding, axis, tiled=True)  # (B, D), in device order
+  labels = jax.lax.all_gather(labels, axis, tiled=True)
+  batch = labels.shape[0]
+  rows = jax.tree.leaves(params)[0].shape[0]
+  index = jax.lax.axis_index(axis)
+  first = index * rows
+  chosen, position = choose(head, jax.random.fold_in(key, index), labels, rows, first)
+  sampled = chosen.shape[0] < rows
+  real = (first + chosen < head.num_classes)[None]
+
+  (logits, plain), pull_back = jax.vjp(
+      lambda p, e: _logits(head, p, e, chosen, position, sampled), params, embedding)
+  logits = jnp.where(real, logits, -jnp.inf)
+  is_target = jax.nn.one_hot(position, chosen.shape[0], dtype=jnp.bool_)
+  top = jax.lax.pmax(jnp.max(logits, -1), axis)
+  exp = jnp.exp(logits - top[:, None])
+  total = jax.lax.psum(jnp.sum(exp, -1), axis)
+  target = jax.lax.psum(jnp.sum(jnp.where(is_target, logits, 0.0), -1), axis)
+  loss = jnp.mean(jnp.log(total) + top - target)
+  d_logits = (exp / total[:, None] - is_target) / batch
+  row_grads, d_embedding = pull_back((d_logits, jnp.zeros_like(plain)))
+  devices = jax.lax.psum(1, axis)
+  cotangent = devices * jax.lax.psum_scatter(d_embedding, axis, scatter_dimension=0, tiled=True)
+
+  plain = jnp.where(real, plain, -jnp.inf)
+  best = jax.lax.pmax(jnp.max(plain, -1), axis)
+  mine = jax.lax.psum(jnp.sum(jnp.where(is_target, plain, 0.0), -1), axis)
+  accuracy = jnp.mean(mine >= best)
+  return loss, accuracy, cotangent, row_grads
+
+
+def _is_rows(shape):
+  return len(shape) >= 2  # (devices, Cs, ...); (devices,) is a per-device scalar
+
+
+def to_global(shards):
+  """{'params', 'opt'} as numpy, each row leaf (C, ...) in class order (padding dropped) and
+  each per-device scalar once: the layout checkpoints hold, whatever the device count."""
+  if jax.process_count() > 1:  # each host holds its own devices' rows only
+    raise NotImplementedError("checkpoints of the sharded classifier are written from one "
+                              "host; a multi-host run cannot save it yet")
+
+  def one(x):
+    x = np.asarray(jax.device_get(x))
+    return x.reshape((-1,) + x.shape[2:])[:shards.num_classes] if _is_rows(x.shape) else x[0]
+  return jax.tree.map(one, {"params": shards.params, "opt": shards.opt})
+
+
+def global_shapes(shards):
+  """Shapes and dtypes of `to_global(shards)`, without reading the arrays (restore targets)."""
+  def one(x):
+    shape = ((shards.num_classes,) + tuple(x.shape[2:]) if _is_rows(x.shape)
+             else tuple(x.shape[1:]))
+    return jax.ShapeDtypeStruct(shape, x.dtype)
+  return jax.tree.map(one, {"params": shards.params, "opt": shards.opt})
+
+
+def from_global(tree, like):
+  """`to_global`'s layout back to Shards shaped like `like` (its device count), as numpy."""
+  def one(x, target):
+    x = np.asarray(x)
+    if not _is_rows(target.shape):
+      return np.broadcast_to(x, target.shape).copy()
+    devices, rows = target.shape[:2]
+    if x.shape[0] != like.num_classes or x.shape[1:] != tuple(target.shape[2:]):
+      raise ValueError(f"a classifier leaf of shape {x.shape} does not fit "
+                       f"{like.num_classes} classes of shape {tuple(target.shape[2:])}")
+    padded = np.zeros((devices * rows,) + x.shape[1:], x.dtype)
+    padded[:like.num_classes] = x
+    return padded.reshape(target.shape)
+  return Shards(jax.tree.map(one, tree["params"], like.params),
+                jax.tree.map(one, tree["opt"], like.opt), like.num_classes)

@@ -1,0 +1,91 @@
+"""console.Progress: plain lines off a terminal (one per update, no carriage returns), one
+redrawn bar on one; and a local TFDS build that says so instead of "Downloading"."""
+import io
+import re
+
+from aprn_jax import console
+from input_pipeline.real import builders
+import test_real_builders as real_fixtures
+
+
+class Terminal(io.StringIO):
+  def isatty(self):
+    return True
+
+
+def test_off_a_terminal_each_update_is_one_line_with_rate_and_eta():
+  out = io.StringIO()
+  progress = console.Progress("[baseline]", 10, "steps", every_s=None, stream=out)
+  for step in range(1, 11):
+    progress.update(step, note=f"loss {1 / step:.2f}", log=step % 5 == 0)
+  progress.close()
+  lines = out.getvalue().splitlines()
+  assert "\r" not in out.getvalue() and len(lines) == 3  # steps 5 and 10, then the summary
+  assert re.fullmatch(r"\[baseline\] 5/10 steps  [\d.]+ steps/s  ETA 0:\d\d  loss 0\.20",
+                      lines[0])
+  assert lines[1].startswith("[baseline] 10/10 steps") and "ETA 0:00" in lines[1]
+  assert re.fullmatch(r"\[baseline\] 10 steps in 0:\d\d \([\d.]+ steps/s\)  loss 0\.10",
+                      lines[2])
+
+
+def test_periodic_lines_and_a_growing_total():
+  out = io.StringIO()
+  progress = console.Progress("[aprn] cfp_fp", 0, "images", every_s=0.0, stream=out)
+  progress.add_total(6)
+  progress.advance(4)
+  progress.add_total(2)
+  progress.advance(4)
+  progress.close()
+  lines = out.getvalue().splitlines()
+  assert lines[0].startswith("[aprn] cfp_fp 4/6 images")
+  assert lines[1].startswith("[aprn] cfp_fp 8/8 images")
+  assert lines[2].startswith("[aprn] cfp_fp 8 images in ")
+
+
+def test_a_resumed_stage_counts_its_rate_from_where_it_started():
+  progress = console.Progress("[aprn]", 100, "steps", start=90, every_s=None,
+                              stream=io.StringIO())
+  progress.started -= 10.0  # 10 s ago
+  progress.update(95)
+  assert "0.5 steps/s" in progress.status() and "ETA 0:10" in progress.status()
+
+
+def test_on_a_terminal_one_bar_redrawn_in_place_then_one_summary_line():
+  out = Terminal()
+  progress = console.Progress("[baseline]", 4, "steps", every_s=None, stream=out)
+  assert progress.bar
+  for step in range(1, 5):
+    progress.update(step, log=True)
+  progress.close()
+  text = out.getvalue()
+  assert text.count("\n") == 1 and text.endswith("\n")  # one line on the screen
+  draws = text.split("\r\x1b[K")[1:]
+  assert len(draws) == 5 and draws[0].startswith("[baseline] [#####...............] 1/4")
+  assert draws[-1].startswith("[baseline] 4 steps in ")
+
+
+def test_a_failed_stage_ends_its_bar_line_without_a_summary():
+  out = Terminal()
+  try:
+    with console.Progress("[aprn]", 4, "steps", stream=out) as progress:
+      progress.update(1)
+      raise RuntimeError("non-finite loss")
+  except RuntimeError:
+    pass
+  assert out.getvalue().endswith("\n") and " in " not in out.getvalue()
+
+
+def test_duration():
+  assert console.duration(5) == "0:05" and console.duration(125) == "2:05"
+  assert console.duration(3725) == "1:02:05"
+
+
+def test_a_local_build_names_its_folder_and_counts_without_tfds_messages(tmp_path, capfd):
+  manual, _ = real_fixtures.write_folder(tmp_path)
+  real_fixtures.build(builders.FaceFolder, manual, tmp_path / "tfds")
+  printed = capfd.readouterr()
+  text = printed.out + printed.err
+  for tfds_says in ("Downloading", "downloaded and prepared", "Generating", "Shuffling", "\r"):
+    assert tfds_says not in text
+  assert re.search(r"^building face_folder/\S+ 1\.0\.0 into \S+$", printed.out, re.M)
+  assert re.search(r"^face_folder/\S+ 5 images in 0:\d\d \(", printed.out, re.M)
