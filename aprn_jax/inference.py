@@ -25,6 +25,14 @@ def _pmapped_embed(recognizer, mirror=False):
   return jax.pmap(embed, in_axes=(None, 0))
 
 
+def _per_device(images, num_devices):
+  """(B, ...) -> (num_devices, B / num_devices, ...), or a ValueError naming the counts."""
+  if images.shape[0] % num_devices:
+    raise ValueError(f"batch of {images.shape[0]} images is not divisible by the "
+                     f"{num_devices} local devices")
+  return images.reshape((num_devices, -1) + images.shape[1:])
+
+
 def make_embed_fn(recognizer, variables):
   """images (B, H, W, 3) float32 in [-1, 1] -> (B, D) unit-norm float32 embeddings.
 
@@ -37,11 +45,7 @@ def make_embed_fn(recognizer, variables):
 
   def embed(images):
     images = np.asarray(images, np.float32)
-    n = len(devices)
-    if images.shape[0] % n:
-      raise ValueError(f"batch of {images.shape[0]} images is not divisible by the "
-                       f"{n} local devices")
-    out = apply(variables, images.reshape((n, -1) + images.shape[1:]))
+    out = apply(variables, _per_device(images, len(devices)))
     return np.asarray(out).reshape((images.shape[0], -1))
 
   return embed
@@ -90,12 +94,8 @@ def make_image_embed_fn(recognizer, variables, *, crop_size, image_size, flip):
                        f"{images.shape}")
     if crop_size > min(images.shape[1:3]):
       raise ValueError(f"crop_size {crop_size} is larger than an image of the data set")
-    n = len(devices)
-    if images.shape[0] % n:
-      raise ValueError(f"batch of {images.shape[0]} images is not divisible by the "
-                       f"{n} local devices")
     inputs = _pmapped_eval_inputs(*images.shape[1:3], crop_size, image_size)(
-        images.reshape((n, -1) + images.shape[1:]))
+        _per_device(images, len(devices)))
     out = _pmapped_embed(recognizer)(variables, inputs)
     if flip:
       out = out + _pmapped_embed(recognizer, mirror=True)(variables, inputs)
