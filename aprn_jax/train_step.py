@@ -22,9 +22,10 @@ step on N devices equals a step on one device with the same global batch.
 
 With config.model.classifier=sharded the recognizer ends at the embedding and the classifier's
 rows are `state.classifier`, split over the devices (`models.partial_fc`): the identity loss,
-its embedding cotangent and each device's row gradients come from `partial_fc.loss_and_grads`;
-the embedding cotangent joins R's backward pass as the dense loss's would, and every device
-updates its own rows with R's optimizer (no pmean).
+its embedding cotangent and each device's row gradients come from
+`partial_fc.loss_and_sample_grads`; the embedding cotangent joins R's backward pass as the
+dense loss's would, and every device updates its own rows with R's optimizer
+(`partial_fc.update`, no pmean).
 """
 import jax
 import jax.numpy as jnp
@@ -74,7 +75,7 @@ def train_step(state, batch, mean_face, *, recognizer, discriminator, r_tx, d_tx
     (identity, f), (_, accuracy) = recognizer_forward(state.recognizer["params"])
   if sharded:  # negatives drawn with the step's key: (seed, phase) state key, step, device
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    id_loss, accuracy, id_cotangent, row_grads = partial_fc.loss_and_grads(
+    id_loss, accuracy, id_cotangent, row_grads, chosen = partial_fc.loss_and_sample_grads(
         recognizer.head, state.classifier.params, identity, labels, key, AXIS)
   else:
     id_loss, id_cotangent = identity, jnp.ones_like(identity)
@@ -120,10 +121,7 @@ def train_step(state, batch, mean_face, *, recognizer, discriminator, r_tx, d_tx
     new_recognizer = {"params": optax.apply_updates(state.recognizer["params"], r_updates),
                       "batch_stats": r_stats}
     if sharded:  # each device updates its own rows, whole: no other device holds them
-      rows = state.classifier
-      row_updates, row_opt = r_tx.update(row_grads, rows.opt, rows.params)
-      new_classifier = rows.replace(params=optax.apply_updates(rows.params, row_updates),
-                                    opt=row_opt)
+      new_classifier = partial_fc.update(r_tx, state.classifier, row_grads, chosen)
 
   new_state = state.replace(
       step=state.step + 1, recognizer=new_recognizer, discriminator=new_discriminator,

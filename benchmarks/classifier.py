@@ -12,8 +12,10 @@ The step is the pmapped baseline step of `aprn_jax.train_step` (no discriminator
 configs/tiny.py's backbone (32x32 input, width 4) with a `--embedding_dim` embedding and the
 `--head` margin, on random data of the step's shapes, the global batch `--per_device_batch`
 x devices. For each: XLA's memory figure of the compiled step for one device (arguments +
-outputs + temporaries - aliased; `common.xla_memory_mib`), the bytes of the classifier's
-parameters and optimizer state one device holds, and, when the step fits, its median time.
+outputs + temporaries - aliased; `common.xla_memory_mib`; the step does not donate its
+state, as the trainer runs it, so the rows and their optimizer state count as input and
+again as updated output), the bytes of the classifier's parameters and optimizer state one
+device holds, and, when the step fits, its median time.
 `classifier_mib_per_device` is the step's figure minus that of the same step with a
 classifier of one class per device (the `backbone` run): what the classifier adds. Fake
 devices share this host's memory, so a step whose figure times the device count exceeds

@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -201,6 +200,41 @@ def test_sampled_loss_is_the_softmax_over_the_sampled_classes(classes, size, on_
   assert not np.array_equal(_sampled(head, labels, jax.random.key(8), rows), chosen)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_sampled_update_equals_the_update_with_the_zero_padded_gradient(optimizer):
+  """`update` on the sample's gradient (zero-gradient rows, then the chosen rows apart) gives
+  the optimizer's update with the whole shard's gradient, zero outside the sample."""
+  head = make("arcface", sample_rate=0.1, classes=800)[0][0].head
+  cfg = tiny_setup.config()
+  cfg.optim.name = optimizer
+  tx = train_state.make_optimizer(cfg.optim, steps_per_epoch=10)
+  rng = np.random.RandomState(6)
+  like = partial_fc.init(head, jax.random.key(0), 8, tx, jax.devices()[:DEVICES])
+  saved = partial_fc.to_global(like)  # random rows; a random state, positive (Adam's nu)
+  shards = partial_fc.from_global(
+      {"params": jax.tree.map(lambda x: rng.randn(*x.shape).astype(x.dtype), saved["params"]),
+       "opt": jax.tree.map(lambda x: rng.rand(*x.shape).astype(x.dtype) if np.ndim(x) else x,
+                           saved["opt"])}, like)
+  embedding = rng.randn(BATCH, 8).astype(np.float32)
+  labels = rng.randint(0, 800, BATCH).astype(np.int32)
+  key = jax.random.key(7)
+
+  def both(rows, e, y):
+    *_, grads, chosen = partial_fc.loss_and_sample_grads(head, rows.params, e, y, key, "batch")
+    *_, full = partial_fc.loss_and_grads(head, rows.params, e, y, key, "batch")
+    updates, opt = tx.update(full, rows.opt, rows.params)
+    expected = rows.replace(params=optax.apply_updates(rows.params, updates), opt=opt)
+    return partial_fc.update(tx, rows, grads, chosen), expected
+  got, expected = jax.pmap(both, axis_name="batch")(
+      shards, embedding.reshape(DEVICES, -1, 8), labels.reshape(DEVICES, -1))
+  # Equal up to float32 rounding (Adam's square root and division, compiled in other fusions).
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-9),
+               partial_fc.to_global(got), partial_fc.to_global(expected))
+  moved = np.abs(partial_fc.to_global(got)["params"]["centres"] - partial_fc.to_global(
+      shards)["params"]["centres"]).sum(1)
+  assert np.all(moved > 0)  # weight decay and momentum move every row, sampled or not
+
+
 def test_checkpoint_restores_on_other_device_counts_without_the_recognizer_holding_it(
     tmp_path):
   """Rows and momentum of a trained look (random) and a step count, saved from 4 devices,
@@ -282,7 +316,9 @@ def test_sharded_tiny_run_resumes_bit_exactly_and_evaluates_on_one_device(tmp_pa
   for phase in ("baseline", "aprn"):
     e2e.assert_same_end(config, workdir, killed, phase)
   state, _ = e2e.final_state(config, killed, "aprn")
-  assert state.classifier.params["centres"].shape[0] == DEVICES
+  # Rows on the 4 devices (the tiny config's Softmax head: kernel and bias per class).
+  assert set(state.classifier.params) == {"kernel", "bias"}
+  assert all(x.shape[0] == DEVICES for x in jax.tree.leaves(state.classifier.params))
 
   env = dict(os.environ, XLA_FLAGS=os.environ["XLA_FLAGS"].replace(
       "device_count=4", "device_count=1"))

@@ -7,7 +7,7 @@ centres as rows, Cs = ceil(C / N) of them: device d holds classes d * Cs .. (d +
 The rows from C up to N * Cs pad the last blocks: they start at zero, get no gradient, so
 weight decay and momentum leave them at zero, and every softmax masks them out.
 
-One step, on every device (`loss_and_grads`):
+One step, on every device (`loss_and_sample_grads`, then `update`):
 - the embeddings and labels of the global batch of B images are all-gathered;
 - the device chooses its classes: all Cs rows (sample_rate 1.0: model parallel), or a sample
   of K (below);
@@ -20,6 +20,14 @@ One step, on every device (`loss_and_grads`):
   them, so it is not averaged), the embeddings get the sum of every device's part
   (psum_scatter hands each device the rows of its own images).
 Only the device's own rows get gradients and optimizer state (R's optimizer, `Shards.opt`).
+
+Memory, beyond the rows and their optimizer state: the step holds two (B, K) float32 arrays
+(the scores and their cotangent; the margin is computed for the B targets only, everything
+else of that shape is recomputed where it is used), and the rows' gradient is one (K, D)
+product (written out, `_pull_back`) that XLA places in the buffer of the updated rows. No
+normalised copy of the rows is made: the rows' norms scale the scores' columns. A sampled
+step holds (B, K) arrays and a (K, D) gradient only (`update`). Measured with
+benchmarks/classifier.py (docs/benchmarks.md, "Millions of identities (Partial FC)").
 
 Sampling (sample_rate < 1): the sample size is fixed per run, K = min(Cs, max(ceil(sample_rate
 x Cs), B)). A global batch holds at most B distinct positive classes, so no device ever has
@@ -45,6 +53,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from aprn_jax.models import heads
 
@@ -67,8 +76,9 @@ def check_config(model_cfg):
 
 class ShardedHead(nn.Module):
   """The head's settings for the sharded classifier. It holds no parameters: the rows are the
-  train state's `classifier` (`Shards`) and the step computes the loss (`loss_and_grads`), so
-  the recognizer's variables (and its checkpoint item) are the backbone's alone."""
+  train state's `classifier` (`Shards`) and the step computes the loss
+  (`loss_and_sample_grads`), so the recognizer's variables (and its checkpoint item) are the
+  backbone's alone."""
   num_classes: int
   softmax: bool = False  # Softmax (kernel and bias per class), else cosine rows with margins
   s: float = 64.0
@@ -157,26 +167,60 @@ def choose(head, key, labels, rows, first):
   return chosen, position
 
 
-def _logits(head, params, embedding, chosen, position, sampled):
-  """(training logits, plain logits) of the embeddings against the chosen rows."""
-  if sampled:
-    params = jax.tree.map(lambda p: p[chosen], params)
+def _scores(head, params, embedding):
+  """(B, K) scores of the embeddings against the rows `params` and what their gradient needs:
+  the margin heads' cosines (the rows' norms scale the product's columns, so no normalised
+  copy of the rows is made), the Softmax head's logits."""
   if head.softmax:
-    plain = embedding @ params["kernel"].T + params["bias"]
-    return plain, plain
-  cos = _unit(embedding) @ _unit(params["centres"]).T
-  return (heads.margin_logits(cos, position, s=head.s, m1=head.m1, m2=head.m2, m3=head.m3),
-          head.s * cos)
+    return embedding @ params["kernel"].T + params["bias"], None
+  inverse_norm = jax.lax.rsqrt(jnp.sum(params["centres"] ** 2, -1) + 1e-12)
+  unit, unit_vjp = jax.vjp(_unit, embedding)
+  return (unit @ params["centres"].T) * inverse_norm, (inverse_norm, unit, unit_vjp)
 
 
-def loss_and_grads(head, params, embedding, labels, key, axis):
-  """Inside a pmap over `axis`: (loss, accuracy, embedding cotangent, the rows' gradient).
+def _target_logits(head, target_scores):
+  """Training logits of the targets from their (B,) scores: the head's margin."""
+  if head.softmax:
+    return target_scores
+  return heads.margin_logits(target_scores[:, None], jnp.zeros(target_scores.shape, jnp.int32),
+                             s=head.s, m1=head.m1, m2=head.m2, m3=head.m3)[:, 0]
+
+
+def _pull_back(head, params, embedding, scores, saved, d_scores):
+  """(the rows' gradient, the embeddings') from the scores' cotangent d_scores (B, K).
+
+  Written out rather than left to autodiff so that the rows' gradient is one (K, D) product
+  that the optimizer's update consumes in place: for the margin heads, with z = (u . w_r) /
+  |w_r| (u the unit embedding),
+      d w_r = (1 / |w_r|) sum_b dz_br u_b  -  (1 / |w_r|^2) (sum_b dz_br z_br) w_r,
+  the second term a per-row multiple of the rows. Autodiff's version of the same formula
+  made XLA's CPU compiler put that term in a second (K, D) buffer, live with the first.
+  """
+  if head.softmax:
+    return ({"kernel": d_scores.T @ embedding, "bias": jnp.sum(d_scores, 0)},
+            d_scores @ params["kernel"])
+  inverse_norm, unit, unit_vjp = saved
+  d_dots = d_scores * inverse_norm
+  per_row = inverse_norm ** 2 * jnp.sum(d_scores * scores, 0)
+  d_centres = d_dots.T @ unit - per_row[:, None] * params["centres"]
+  (d_embedding,) = unit_vjp(d_dots @ params["centres"])
+  return {"centres": d_centres}, d_embedding
+
+
+def loss_and_sample_grads(head, params, embedding, labels, key, axis):
+  """Inside a pmap over `axis`: (loss, accuracy, embedding cotangent, the chosen rows'
+  gradient, the chosen rows' indices or None when all Cs rows are chosen).
 
   `params`: this device's rows; `embedding` (b, D) float32 and `labels` (b,): this device's
   images. The loss and accuracy are the global batch's (the same on every device). The
   embedding cotangent is the gradient of this device's share of the loss as the dense head
   computes it (the mean over its own b images), so the step's pmean of R's gradients gives
   the gradient of the global mean, as with the dense head.
+
+  Memory: the (B, K) arrays are the step's largest after the rows, so only the scores and
+  their cotangent are materialised; the margin is computed for the B targets alone and every
+  other (B, K) quantity (logits, exponentials, softmax) is recomputed inside the reductions
+  and the cotangent that use it.
   """
   embedding = jax.lax.all_gather(embedding, axis, tiled=True)  # (B, D), in device order
   labels = jax.lax.all_gather(labels, axis, tiled=True)
@@ -185,28 +229,93 @@ def loss_and_grads(head, params, embedding, labels, key, axis):
   index = jax.lax.axis_index(axis)
   first = index * rows
   chosen, position = choose(head, jax.random.fold_in(key, index), labels, rows, first)
-  sampled = chosen.shape[0] < rows
+  size = chosen.shape[0]
+  if size < rows:
+    params = jax.tree.map(lambda p: p[chosen], params)
   real = (first + chosen < head.num_classes)[None]
+  is_target = position[:, None] == jnp.arange(size)[None]
+  has_target = position < size  # the image's class is one of this device's chosen rows
+  scale = 1.0 if head.softmax else head.s  # non-target logits: scale x score (no margin)
 
-  (logits, plain), pull_back = jax.vjp(
-      lambda p, e: _logits(head, p, e, chosen, position, sampled), params, embedding)
-  logits = jnp.where(real, logits, -jnp.inf)
-  is_target = jax.nn.one_hot(position, chosen.shape[0], dtype=jnp.bool_)
+  scores, saved = _scores(head, params, embedding)
+  target_scores = jnp.take_along_axis(scores, jnp.minimum(position, size - 1)[:, None], 1)[:, 0]
+  target_logits, d_target = jax.jvp(lambda z: _target_logits(head, z), (target_scores,),
+                                    (jnp.ones_like(target_scores),))
+  logits = jnp.where(real, jnp.where(is_target, target_logits[:, None], scale * scores),
+                     -jnp.inf)
   top = jax.lax.pmax(jnp.max(logits, -1), axis)
-  exp = jnp.exp(logits - top[:, None])
-  total = jax.lax.psum(jnp.sum(exp, -1), axis)
-  target = jax.lax.psum(jnp.sum(jnp.where(is_target, logits, 0.0), -1), axis)
+  total = jax.lax.psum(jnp.sum(jnp.exp(logits - top[:, None]), -1), axis)
+  target = jax.lax.psum(jnp.where(has_target, target_logits, 0.0), axis)
   loss = jnp.mean(jnp.log(total) + top - target)
-  d_logits = (exp / total[:, None] - is_target) / batch
-  row_grads, d_embedding = pull_back((d_logits, jnp.zeros_like(plain)))
+
+  # d loss / d logits = (softmax - one-hot) / B; through the scores: scale for the others,
+  # the margin's derivative for the target.
+  softmax = jnp.exp(logits - top[:, None]) / total[:, None]
+  target_softmax = jnp.exp(target_logits - top) / total
+  target_term = ((target_softmax - 1.0) * d_target - scale * target_softmax) / batch
+  d_scores = scale * softmax / batch + jnp.where(is_target, target_term[:, None], 0.0)
+  row_grads, d_embedding = _pull_back(head, params, embedding, scores, saved, d_scores)
   devices = jax.lax.psum(1, axis)
   cotangent = devices * jax.lax.psum_scatter(d_embedding, axis, scatter_dimension=0, tiled=True)
 
-  plain = jnp.where(real, plain, -jnp.inf)
+  plain = jnp.where(real, scale * scores, -jnp.inf)  # the logits without margin
   best = jax.lax.pmax(jnp.max(plain, -1), axis)
-  mine = jax.lax.psum(jnp.sum(jnp.where(is_target, plain, 0.0), -1), axis)
+  mine = jax.lax.psum(jnp.where(has_target, scale * target_scores, 0.0), axis)
   accuracy = jnp.mean(mine >= best)
-  return loss, accuracy, cotangent, row_grads
+  return loss, accuracy, cotangent, row_grads, (chosen if size < rows else None)
+
+
+def loss_and_grads(head, params, embedding, labels, key, axis):
+  """`loss_and_sample_grads` with the rows' gradient for all Cs rows of the device (zero
+  outside the sample): (loss, accuracy, embedding cotangent, the rows' gradient)."""
+  loss, accuracy, cotangent, grads, chosen = loss_and_sample_grads(
+      head, params, embedding, labels, key, axis)
+  if chosen is not None:
+    grads = jax.tree.map(lambda p, g: jnp.zeros_like(p).at[chosen].set(g), params, grads)
+  return loss, accuracy, cotangent, grads
+
+
+def update(tx, shards, grads, chosen):
+  """`shards` (this device's, inside the pmap) after one step of R's optimizer `tx` on the
+  gradient of `loss_and_sample_grads`: every row is updated (weight decay and momentum apply
+  to all, as for the dense head), the chosen rows with their gradient, the others with none.
+
+  With a sample (`chosen`, K rows), the rows are updated with a zero gradient, the chosen
+  rows apart from their own gradient, parameters and optimizer state, and each chosen row
+  takes the second result: the step never holds a (Cs, D) gradient mostly of zeros, which
+  XLA kept as a buffer of its own (the update's two outputs, parameters and state, both read
+  it), and a sampled step needs less memory than a full one. This equals the update with
+  that gradient because R's optimizers (weight decay, then SGD with momentum or Adam:
+  `train_state.make_optimizer`) act on each parameter element on its own; their scalars
+  (the step count) advance alike in both calls.
+  """
+  def apply(g, opt, params):
+    updates, opt = tx.update(g, opt, params)
+    return optax.apply_updates(params, updates), opt
+
+  if chosen is None:
+    params, opt = apply(grads, shards.opt, shards.params)
+    return shards.replace(params=params, opt=opt)
+  is_row = lambda x: jnp.ndim(x) >= 1  # inside the pmap: (Cs, ...) rows, () scalars
+  take = lambda x: x[chosen] if is_row(x) else x
+  params, opt = apply(jax.tree.map(jnp.zeros_like, shards.params), shards.opt, shards.params)
+  part_params, part_opt = apply(grads, jax.tree.map(take, shards.opt),
+                                jax.tree.map(take, shards.params))
+  # Each row reads its result by its slot in the sample (a gather from the (K, ...) results)
+  # rather than the results being scattered into the updated rows: each output is then one
+  # elementwise pass that XLA fuses, where the scatter made it keep the zero-gradient state
+  # as a buffer of its own (the new parameters read it) and copy it.
+  rows = jax.tree.leaves(shards.params)[0].shape[0]
+  size = chosen.shape[0]
+  slot = jnp.full(rows, size).at[chosen].set(jnp.arange(size), unique_indices=True)
+
+  def put(full, part):
+    if not is_row(full):
+      return full
+    in_sample = (slot < size).reshape((-1,) + (1,) * (full.ndim - 1))
+    return jnp.where(in_sample, part[jnp.minimum(slot, size - 1)], full)
+  return shards.replace(params=jax.tree.map(put, params, part_params),
+                        opt=jax.tree.map(put, opt, part_opt))
 
 
 def _is_rows(shape):
