@@ -9,7 +9,7 @@ import resource
 import statistics
 import time
 
-from absl import flags
+from absl import app, flags
 import jax
 import numpy as np
 from ml_collections import config_flags
@@ -42,6 +42,16 @@ def define_model_flags(batch_help, timed, num_classes_help="Identities of the cl
   flags.DEFINE_integer("num_classes", 1000, num_classes_help)
   flags.DEFINE_enum("landmarks", "ibug51", list(landmarks.SCHEMES), "Landmark scheme of D.")
   flags.DEFINE_string("out", None, "Also append the JSON line to this file.")
+
+
+def model_config(argv):
+  """The --config of a model benchmark, its --dtype applied; extra arguments are an error."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config = flags.FLAGS.config.copy_and_resolve_references()
+  if flags.FLAGS.dtype:
+    config.model.dtype = flags.FLAGS.dtype
+  return config
 
 
 def emit(record, out_path=None):

@@ -122,11 +122,7 @@ def measure(config, *, batch_size, steps, warmup, num_classes, num_landmarks):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  config = FLAGS.config.copy_and_resolve_references()
-  if FLAGS.dtype:
-    config.model.dtype = FLAGS.dtype
+  config = common.model_config(argv)
   record = measure(config, batch_size=FLAGS.batch_size or config.eval.batch_size,
                    steps=FLAGS.steps, warmup=FLAGS.warmup, num_classes=FLAGS.num_classes,
                    num_landmarks=landmarks.NUM_POINTS[FLAGS.landmarks])
