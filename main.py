@@ -31,7 +31,7 @@ flags.DEFINE_integer("step", None,
                      "--mode=eval/analyse: the checkpoint step (default: the latest).")
 flags.DEFINE_bool("verbose", False,
                   "Show TensorFlow's, XLA's and absl's start-up and library logs, silenced by "
-                  "default (aprn_jax/console.py).")
+                  "default (input_pipeline/console.py).")
 flags.DEFINE_bool("distributed", None,
                   "Join a job of several processes (multi-host GPUs, TPU pod slices) that JAX "
                   "detects (TPU pods, SLURM, Open MPI). Default: when a TPU pod's "
@@ -49,7 +49,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   if not FLAGS.verbose:
-    from aprn_jax import console  # before TensorFlow and JAX start: it sets their log level
+    from input_pipeline import console  # before TensorFlow and JAX start: it sets their log level
     console.quiet()
   from aprn_jax import distributed  # after absl parsed the flags, before any computation
   auto_detect = FLAGS.distributed

@@ -3,14 +3,14 @@ as separate items, so evaluation restores the recognizer alone.
 
 Orbax writes each step to a temporary folder and renames it when complete, so a run killed
 mid-save leaves the previous checkpoint intact. Restoring onto a target made on this machine
-places the arrays on its devices, whatever device count wrote them.
+places the arrays on its devices, whatever device count wrote them. Orbax opens its folder
+through etils.epath: local paths, file:// (as its local path) and gs:// (input_pipeline/files.py).
 """
-import os
-
 import jax
 import orbax.checkpoint as ocp
 
 from aprn_jax.models import partial_fc
+from input_pipeline import files
 
 # "classifier": the sharded identity classifier's rows in class order, held by runs with
 # config.model.classifier=sharded only (the dense head is in "recognizer").
@@ -28,7 +28,8 @@ def manager(directory, keep=None, read_only=False):
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
                                          read_only=read_only,
                                          multiprocessing_options=multiprocessing)
-  return ocp.CheckpointManager(os.path.abspath(directory), item_names=ITEMS, options=options)
+  return ocp.CheckpointManager(files.abspath(files.local_path(directory)), item_names=ITEMS,
+                               options=options)
 
 
 def _split(state, classifier=partial_fc.to_global):

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from aprn_jax import distributed
-from input_pipeline import preprocess
+from input_pipeline import files, preprocess
 
 
 @dataclasses.dataclass
@@ -59,8 +59,11 @@ class TrainData(DataInfo):
 
 
 def data_dir(config, workdir):
-  """config.data.data_dir, or <workdir>/../data so runs side by side share one build."""
-  return config.data.data_dir or os.path.join(os.path.dirname(os.path.abspath(workdir)), "data")
+  """config.data.data_dir, or <workdir>/../data so runs side by side share one build; as
+  TFDS takes it (`files.local_path`: file:// as its local path, a scheme TFDS cannot open
+  refused here)."""
+  return files.local_path(config.data.data_dir or os.path.join(
+      os.path.dirname(files.abspath(workdir)), "data"))
 
 
 def to_network_frame(points, stored_size, crop_size, image_size):
@@ -179,11 +182,11 @@ def _load_real(config, workdir):
   """face_folder / insightface_rec from config.data.manual_dir; no protocol files ("")."""
   from input_pipeline.real import builders
   manual_dir = config.data.get("manual_dir", "")
-  if not manual_dir or not os.path.isdir(manual_dir):
+  if not manual_dir or not files.isdir(manual_dir):
     raise ValueError(f"config.data.name={config.data.name!r} reads your own data: set "
                      f"config.data.manual_dir to its folder (got {manual_dir!r}; layouts: "
                      f"input_pipeline/real/__init__.py)")
-  manual_dir = os.path.abspath(manual_dir)
+  manual_dir = files.abspath(files.local_path(manual_dir))
   builder_config = builders.make_config(
       image_size=config.data.get("stored_size", builders.DEFAULT_IMAGE_SIZE),
       skip_bad=config.data.get("skip_bad", False),

@@ -19,18 +19,19 @@ import os
 import sys
 
 from aprn_jax.evaluation import embeddings as embeddings_lib
+from input_pipeline import files
 from input_pipeline.readers import images as images_lib
 
 
 def image_files(folder):
   """The regular files under `folder`, sorted by their path relative to it."""
-  if not os.path.isdir(folder):
+  if not files.isdir(folder):
     raise FileNotFoundError(f"--images={folder}: no such folder")
   found = []
-  for root, dirs, files in os.walk(folder):
+  for root, dirs, names in files.walk(folder):
     dirs.sort()
-    found += [os.path.join(root, name) for name in sorted(files)
-              if os.path.isfile(os.path.join(root, name))]
+    found += [os.path.join(root, name) for name in sorted(names)
+              if files.isfile(os.path.join(root, name))]
   return found
 
 
@@ -75,25 +76,25 @@ def main(argv):
     if f.model is not None and (f.phase is not None or f.step is not None):
       raise ValueError("--phase and --step choose a checkpoint of --workdir; an exported "
                        "--model holds one already")
-    out_dir = os.path.dirname(os.path.abspath(f.out))
+    out_dir = os.path.dirname(files.abspath(f.out))
     if not f.out.endswith(".npy"):
       raise ValueError(f"--out={f.out}: embedding files end in .npy")
-    if not os.path.isdir(out_dir):
+    if not files.isdir(out_dir):
       raise FileNotFoundError(f"--out={f.out}: the folder {out_dir} does not exist")
     if f.model is not None:
       model = export.load_model(f.model)
       embedder, stored_size = model.embedder(), model.card["preprocessing"]["stored_size"]
-      source = {"model": os.path.abspath(f.model)}
+      source = {"model": files.abspath(f.model)}
     else:
       restored = export.restore(f.workdir, f.phase, f.step)
       embedder, stored_size = restored.embedder(), restored.data.stored_size
-      source = {"workdir": os.path.abspath(f.workdir), "phase": restored.phase.name,
+      source = {"workdir": files.abspath(f.workdir), "phase": restored.phase.name,
                 "step": restored.step}
     embeddings, good, bad = embed_folder(embedder, stored_size, f.images)
   except (ValueError, FileNotFoundError, ModuleNotFoundError) as error:
     sys.exit(f"embed: {error}")
-  folder = os.path.abspath(f.images)
-  relative = lambda path: os.path.relpath(path, folder)
+  folder = files.abspath(f.images)
+  relative = lambda path: files.relpath(path, folder)
   embeddings_lib.save(f.out, embeddings, folder=folder, images=[relative(p) for p in good],
                       skipped=[{"image": relative(p), "reason": reason} for p, reason in bad],
                       **source)

@@ -49,9 +49,10 @@ people); the pose SVM's validation accuracy by Wilson's interval.
 """
 import os
 
-from aprn_jax import console
 from aprn_jax.evaluation import intervals, registry
 from aprn_jax.evaluation.embedder import Embedder
+from input_pipeline import console
+from input_pipeline import files as files_lib  # `files` names the parsed protocol files here
 
 
 class BenchmarkFiles:
@@ -78,7 +79,7 @@ def benchmark_paths(config, data):
   paths = {}
   for name, default in defaults.items():
     if given.get(name):
-      paths[name] = os.path.abspath(os.path.expanduser(given[name]))
+      paths[name] = files_lib.abspath(os.path.expanduser(given[name]))  # a URI stays whole
     elif data.protocol_root and default is not None:
       paths[name] = os.path.join(data.protocol_root, default)
     else:

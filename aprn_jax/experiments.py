@@ -57,7 +57,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import time
 
 import jax
@@ -66,10 +65,10 @@ import numpy as np
 
 from aprn_jax import data as data_lib
 from aprn_jax import evaluate, models, run, trainer
-from aprn_jax.files import write_json
 from aprn_jax.analysis import analyse, landmark_probe, noise_test
 from aprn_jax.analysis import figures as analysis_figures
 from aprn_jax.evaluation import intervals
+from input_pipeline import files
 
 BASELINE, CONTROL, APRN = "baseline", "control", "aprn"
 # Fields that change only the APRN phase: variants differing in nothing else share a baseline.
@@ -297,18 +296,26 @@ def _load_data(cache, config, workdir):
 
 
 def _link_baseline(study, run_):
-  """The run's baseline/ folder: a relative link to its baseline run's phase folder."""
+  """The run's baseline/ folder: a relative link to its baseline run's phase folder; on a
+  filesystem without links (gs://, ...), a copy of that folder, named when whole."""
   link = os.path.join(study, run_.folder, BASELINE)
-  target = os.path.relpath(os.path.join(study, run_.baseline, BASELINE),
-                           os.path.dirname(link))
-  if os.path.islink(link):
-    if os.readlink(link) != target:
-      raise ValueError(f"{link} links to {os.readlink(link)}, not {target}; move it away")
+  source = os.path.join(study, run_.baseline, BASELINE)
+  if not files.supports_links(link):
+    if not files.exists(link):
+      files.makedirs(os.path.dirname(link), exist_ok=True)
+      files.rmtree(link + ".partial", ignore_errors=True)
+      files.copytree(source, link + ".partial")
+      files.replace(link + ".partial", link)
     return
-  if os.path.exists(link):
+  target = files.relpath(source, os.path.dirname(link))
+  if files.islink(link):
+    if files.readlink(link) != target:
+      raise ValueError(f"{link} links to {files.readlink(link)}, not {target}; move it away")
+    return
+  if files.exists(link):
     raise ValueError(f"{link} exists and is not a link to {target}; move it away")
-  os.makedirs(os.path.dirname(link), exist_ok=True)
-  os.symlink(target, link)
+  files.makedirs(os.path.dirname(link), exist_ok=True)
+  files.symlink(target, link)
 
 
 def extra_paths(study, run_, split):
@@ -320,7 +327,7 @@ def extra_paths(study, run_, split):
 
 
 def is_complete(study, run_, split):
-  return all(os.path.exists(p) for p in [results_path(study, run_, split),
+  return all(files.exists(p) for p in [results_path(study, run_, split),
                                          *extra_paths(study, run_, split).values()])
 
 
@@ -332,10 +339,10 @@ def execute(study, run_, split, data_cache, progress, analysis_inputs):
   trainer.check_train_config(config)
   if run_.baseline:
     baseline_done = os.path.join(study, run_.baseline, BASELINE, "done.json")
-    if not os.path.exists(baseline_done):
+    if not files.exists(baseline_done):
       raise RuntimeError(f"{run_.folder} needs its baseline {run_.baseline}, which has not "
                          f"finished ({baseline_done} is missing)")
-    os.makedirs(workdir, exist_ok=True)
+    files.makedirs(workdir, exist_ok=True)
     _link_baseline(study, run_)
   # As main.py: config.json is written only once the data is built and the inputs checked.
   unrecorded = run.guard_workdir(config, workdir, record=False)
@@ -346,13 +353,13 @@ def execute(study, run_, split, data_cache, progress, analysis_inputs):
   run.record_data(data, workdir)
   phase = trainer.train(config, data, workdir, log_prefix=progress.prefix)[run_.phase]
   lead = jax.process_index() == 0
-  if not os.path.exists(results_path(study, run_, split)):
+  if not files.exists(results_path(study, run_, split)):
     results = evaluate.evaluate(config, data, phase.recognizer, phase.final_recognizer(),
                                 label=f"[{run_.folder}]")
     if lead:
-      write_json(results_path(study, run_, split), {run_.phase: results})
+      files.write_json(results_path(study, run_, split), {run_.phase: results})
   for extra, path in extra_paths(study, run_, split).items():
-    if os.path.exists(path):
+    if files.exists(path):
       continue
     print(f"[{run_.folder}] {extra.replace('_', ' ')}", flush=True)
     if extra == "noise_test":
@@ -362,15 +369,15 @@ def execute(study, run_, split, data_cache, progress, analysis_inputs):
       value = analyse.analyse_phase(config, data, phase, None, train_set, held_out,
                                     os.path.join(workdir, "analysis"))
     if lead:
-      write_json(path, value)
+      files.write_json(path, value)
 
 
 def load_figures(study, run_, split):
   """figures() of a run: its benchmark results and extra measurements."""
-  with open(results_path(study, run_, split)) as f:
+  with files.open(results_path(study, run_, split)) as f:
     phase_results = json.load(f)[run_.phase]
   for extra, path in extra_paths(study, run_, split).items():
-    with open(path) as f:
+    with files.open(path) as f:
       phase_results["analysis" if extra == "pose_analyses" else extra] = json.load(f)
   return figures(phase_results)
 
@@ -519,8 +526,8 @@ def markdown(summary):
   head = "| variant | " + " | ".join(h for h, _ in columns) + " |"
   rule = "| --- " * (len(columns) + 1) + "|"
   lines = [f"# {summary['experiment']}: {seeds} seeds, {summary['split']} split", "",
-           f"Mean over seeds +- half-width of the 95% t interval (figures in %, L1 in the "
-           f"normalised landmark frame).", "", head, rule]
+           "Mean over seeds +- half-width of the 95% t interval (figures in %, L1 in the "
+           "normalised landmark frame).", "", head, rule]
   for variant in summary["variants"]:
     lines.append(f"| {variant} | " + " | ".join(_cell(figs[f].get(variant), digits=digits(f))
                                                 for _, f in columns) + " |")
@@ -562,7 +569,7 @@ def plots(summary, out_dir):
                f"{len(summary['seeds'])} seeds", fontsize=10)
   fig.tight_layout()
   path = os.path.join(out_dir, "differences.png")
-  fig.savefig(path, dpi=110)
+  analysis_figures.save_figure(fig, path, dpi=110)
   plt.close(fig)
   written.append(path)
 
@@ -583,7 +590,7 @@ def plots(summary, out_dir):
 
 def run_experiment(config, study, experiment, seeds, split="test", spec=""):
   """Runs (or resumes) every run of the experiment; writes and returns its summary."""
-  study = os.path.abspath(study)
+  study = files.abspath(study)
   if split not in ("validation", "test"):
     raise ValueError(f"--split={split!r}; choose validation (to tune) or test (to report)")
   # One data build for the whole study (main.py's default would be one per seed folder).
@@ -603,9 +610,9 @@ def run_experiment(config, study, experiment, seeds, split="test", spec=""):
   summary = summarize(study, experiment, split, variants, by_variant, config)
   if jax.process_index() == 0:
     out_dir = summary_dir(study, experiment, split)
-    os.makedirs(out_dir, exist_ok=True)
-    write_json(os.path.join(out_dir, "summary.json"), summary)
-    with open(os.path.join(out_dir, "summary.md"), "w") as f:
+    files.makedirs(out_dir, exist_ok=True)
+    files.write_json(os.path.join(out_dir, "summary.json"), summary)
+    with files.open(os.path.join(out_dir, "summary.md"), "w") as f:
       f.write(markdown(summary))
     plots(summary, out_dir)
     print(markdown(summary), flush=True)

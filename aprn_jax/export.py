@@ -8,7 +8,8 @@ restored from the phase's orbax checkpoint (default: the last phase saved, its l
 without the discriminator or the identity head, BatchNorm in inference mode (running
 statistics), float32 unless --dtype says otherwise (a bfloat16-trained model exports in
 float32: its parameters are float32 already). The graph holds plain convolutions and max-pools
-(`_portable_layers`), so one file serves CPUs and accelerators.
+(`recognizer_at`: config.model.layer_forms='portable'), so one file serves CPUs and
+accelerators.
 - onnx: through jax2onnx, opset 23, a dynamic batch dimension `batch`; input `images`,
   float32 (batch, S, S, 3) NHWC, or with --nchw (batch, 3, S, S) as insightface's `data`;
   output `embedding`, float32 (batch, D), L2-normalised. onnxruntime's CPU provider has no
@@ -46,19 +47,16 @@ import logging
 import os
 import sys
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from aprn_jax import checkpoints, evaluate, inference, models, run, trainer
-from aprn_jax.files import write_json
+from aprn_jax import checkpoints, evaluate, inference, models, run, saved_config, trainer
 from aprn_jax.evaluation import embeddings as embeddings_lib
 from aprn_jax.evaluation import verification
 from aprn_jax.evaluation.embedder import Embedder, network_inputs
-from aprn_jax.models import layers
-from configs import default as default_config
+from input_pipeline import files
 from input_pipeline.readers import cfp, lfw
 from input_pipeline.readers import images as images_lib
 
@@ -98,22 +96,15 @@ class VerificationError(RuntimeError):
 
 
 def load_config(workdir):
-  """The run's config from <workdir>/config.json; fields it lacks keep their default."""
+  """The run's config from <workdir>/config.json, with the fields added since it was written
+  (`saved_config.complete`)."""
   path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
+  if not files.isfile(path):
     raise FileNotFoundError(f"--workdir={workdir} holds no config.json: not a training "
                             f"workdir (main.py writes it when training starts)")
-  with open(path) as f:
+  with files.open(path) as f:
     saved = json.load(f)
-
-  def merged(defaults, values):
-    out = dict(defaults)
-    for key, value in values.items():
-      both_dicts = isinstance(value, dict) and isinstance(defaults.get(key), dict)
-      out[key] = merged(defaults[key], value) if both_dicts else value
-    return out
-
-  return ml_collections.ConfigDict(merged(default_config.get_config().to_dict(), saved))
+  return ml_collections.ConfigDict(saved_config.complete(saved))
 
 
 @dataclasses.dataclass
@@ -152,10 +143,11 @@ def restore(workdir, phase=None, step=None):
 
 
 def recognizer_at(config, recognizer, dtype):
-  """`recognizer` with its backbone computing in `dtype` and no BatchNorm axis name (a
-  pmap's axis means nothing to a deployed graph); same parameters."""
+  """`recognizer` as it is exported: its backbone computing in `dtype`, with the portable
+  layer forms (models/layers.py: the same computation on every runtime) and no BatchNorm axis
+  name (a pmap's axis means nothing to a deployed graph); same parameters."""
   model = ml_collections.ConfigDict(config.model.to_dict())
-  model.dtype = dtype
+  model.update(dtype=dtype, layer_forms="portable")
   return models.Recognizer(backbone=models.make_backbone(model), head=recognizer.head)
 
 
@@ -164,26 +156,6 @@ def embedding_fn(recognizer, variables):
   only the backbone's variables are in the closure, so no D or head parameter can be."""
   backbone = inference.backbone_variables(variables)
   return lambda images: recognizer.apply(backbone, images, method=models.Recognizer.embed)
-
-
-def _padded_max_pool(x, window, strides, padding="VALID"):
-  """`layers.max_pool` as an explicit -inf pad and a VALID pool: the same values, in the form
-  jax2onnx maps to ONNX MaxPool (its flax max_pool takes padding as a string only)."""
-  pads = layers._pads(x.shape[1:3], tuple(window), tuple(strides), padding)
-  x = jnp.pad(x, ((0, 0),) + pads + ((0, 0),), constant_values=-jnp.inf)
-  return nn.max_pool(x, window_shape=tuple(window), strides=tuple(strides), padding="VALID")
-
-
-@contextlib.contextmanager
-def _portable_layers():
-  """While tracing an export: plain convolutions (layers' XLA:CPU-only forms off) and the
-  padded max-pool, so the graph is the same computation on every runtime."""
-  saved = layers.CPU_FORMS, layers.max_pool
-  layers.CPU_FORMS, layers.max_pool = False, _padded_max_pool
-  try:
-    yield
-  finally:
-    layers.CPU_FORMS, layers.max_pool = saved
 
 
 @contextlib.contextmanager
@@ -203,7 +175,7 @@ def _quiet(loggers):
 def onnx_model(fn, image_size, nchw=False):
   """The ONNX ModelProto of `fn` (see the module docstring for its input and output)."""
   jax2onnx = _package("jax2onnx")
-  with _portable_layers(), _quiet(("jax2onnx", "onnx_ir")):
+  with _quiet(("jax2onnx", "onnx_ir")):
     model = jax2onnx.to_onnx(fn, [(BATCH, image_size, image_size, 3)],
                              model_name="aprn_recognizer", opset=OPSET,
                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
@@ -217,9 +189,8 @@ def onnx_model(fn, image_size, nchw=False):
 def stablehlo_bytes(fn, image_size):
   """`jax.export` of `fn` with a symbolic batch dimension, serialised."""
   shape = jax.export.symbolic_shape(f"{BATCH}, {image_size}, {image_size}, 3")
-  with _portable_layers():
-    exported = jax.export.export(jax.jit(fn), platforms=PLATFORMS)(
-        jax.ShapeDtypeStruct(shape, jnp.float32))
+  exported = jax.export.export(jax.jit(fn), platforms=PLATFORMS)(
+      jax.ShapeDtypeStruct(shape, jnp.float32))
   return exported.serialize()
 
 
@@ -250,7 +221,9 @@ def onnx_parameter_counts(model):
 def onnx_embed_fn(path, nchw):
   """NHWC float32 images -> embeddings by onnxruntime on the ONNX file at `path`."""
   onnxruntime = _package("onnxruntime")
-  session = onnxruntime.InferenceSession(path, providers=onnxruntime.get_available_providers())
+  # onnxruntime opens local files itself; a model elsewhere (gs://...) goes as its bytes.
+  model = files.local_path(path) if files.is_local(path) else files.read_bytes(path)
+  session = onnxruntime.InferenceSession(model, providers=onnxruntime.get_available_providers())
 
   def embed(images):
     images = np.asarray(images, np.float32)
@@ -263,8 +236,7 @@ def onnx_embed_fn(path, nchw):
 
 def stablehlo_embed_fn(path):
   """NHWC float32 images -> embeddings by the deserialised StableHLO file at `path`."""
-  with open(path, "rb") as f:
-    exported = jax.export.deserialize(bytearray(f.read()))
+  exported = jax.export.deserialize(bytearray(files.read_bytes(path)))
   call = jax.jit(exported.call)
   return lambda images: np.asarray(call(np.asarray(images, np.float32)))
 
@@ -291,12 +263,12 @@ def _runtime(path, fmt, layout):
 def load_model(path, option="--model"):
   """The exported model at `path` with the card `python -m aprn_jax.export` wrote beside it."""
   card_path = path + ".json"
-  if not os.path.isfile(path):
+  if not files.isfile(path):
     raise FileNotFoundError(f"{option}={path}: no such file")
-  if not os.path.isfile(card_path):
+  if not files.isfile(card_path):
     raise FileNotFoundError(f"{option}={path}: no model card {card_path} beside it "
                             f"(python -m aprn_jax.export writes both)")
-  with open(card_path) as f:
+  with files.open(card_path) as f:
     card = json.load(f)
   return Model(path, card, _runtime(path, card["format"], card["input"]["layout"]))
 
@@ -393,7 +365,7 @@ def _card(restored, fmt, dtype, nchw, out, parameters, figures, threshold):
       "threshold": threshold,
       "parameters": parameters,
       "verification": figures,
-      "source": {"workdir": os.path.abspath(restored.phase.dir), "phase": restored.phase.name,
+      "source": {"workdir": files.abspath(restored.phase.dir), "phase": restored.phase.name,
                  "step": restored.step, "trained_dtype": config.model.get("dtype", "float32"),
                  "dtype": dtype, "config": json.loads(config.to_json())},
   }
@@ -411,14 +383,14 @@ def export(workdir, fmt, phase=None, step=None, out=None, nchw=False, dtype="flo
                      f"float32 (the default) or --format=stablehlo")
   if nchw and fmt != "onnx":
     raise ValueError("--nchw is for --format=onnx (insightface's NCHW `data` input)")
-  if out is not None and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
-    raise FileNotFoundError(f"--out={out}: the folder {os.path.dirname(os.path.abspath(out))} "
+  if out is not None and not files.isdir(os.path.dirname(files.abspath(out))):
+    raise FileNotFoundError(f"--out={out}: the folder {os.path.dirname(files.abspath(out))} "
                             f"does not exist")
   restored = restore(workdir, phase, step)
   config = restored.config
   name, pairs_file, pairs = threshold_pairs(config, restored.data)
   out = out or default_out(workdir, restored.phase.name, restored.step, fmt, nchw, dtype)
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  files.makedirs(os.path.dirname(files.abspath(out)), exist_ok=True)
 
   recognizer = recognizer_at(config, restored.phase.recognizer, dtype)
   fn = embedding_fn(recognizer, restored.variables)
@@ -430,19 +402,19 @@ def export(workdir, fmt, phase=None, step=None, out=None, nchw=False, dtype="flo
   partial = out + ".partial"
   if fmt == "onnx":
     model = onnx_model(fn, config.data.image_size, nchw)
-    _package("onnx").save_model(model, partial)
+    with files.open(partial, "wb") as f:
+      _package("onnx").save_model(model, f)
     parameters = onnx_parameter_counts(model)
     del model
   else:
-    with open(partial, "wb") as f:
-      f.write(stablehlo_bytes(fn, config.data.image_size))
+    files.write_bytes(partial, stablehlo_bytes(fn, config.data.image_size))
     parameters = {"parameters": backbone_count(restored.variables, "params"),
                   "statistics": backbone_count(restored.variables, "batch_stats")}
   try:
     embed = _runtime(partial, fmt, "NCHW" if nchw else "NHWC")
     figures = verify(embed, reference, inputs, dtype, (1, 3, len(inputs)), names)
   except VerificationError:
-    os.remove(partial)
+    files.remove(partial)
     raise
   trained_dtype = config.model.get("dtype", "float32")
   if trained_dtype != dtype:  # how far the export is from the network as trained
@@ -452,9 +424,9 @@ def export(workdir, fmt, phase=None, step=None, out=None, nchw=False, dtype="flo
   threshold = choose_threshold(
       Embedder(config, restored.data.stored_size, embed_fn=embed, progress_every_s=None),
       name, pairs_file, pairs)
-  os.replace(partial, out)
+  files.replace(partial, out)
   card = _card(restored, fmt, dtype, nchw, out, parameters, figures, threshold)
-  write_json(out + ".json", card)
+  files.write_json(out + ".json", card)
   return card
 
 

@@ -31,6 +31,7 @@ from tensorflow.core.framework import summary_pb2
 from aprn_jax import evaluate, trainer
 from aprn_jax.analysis import analyse, figures, landmark_probe
 from aprn_jax.evaluation import embedder
+from input_pipeline import files
 from input_pipeline.readers import images as images_lib
 from input_pipeline.readers import multipie
 
@@ -49,9 +50,9 @@ _IMAGE = summary_pb2.SummaryMetadata(
 def read_metrics(workdir, phase):
   """The phase's metric lines (metrics.jsonl); [] when it has none."""
   path = os.path.join(workdir, phase, "metrics.jsonl")
-  if not os.path.exists(path):
+  if not files.exists(path):
     return []
-  with open(path) as f:
+  with files.open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
 
 
@@ -79,7 +80,7 @@ def training_png(lines, phase, warmup_steps, path):
       ax.axvline(warmup_steps, color="grey", ls="--", lw=0.8)
   fig.suptitle(f"{phase}: training (metrics.jsonl)", fontsize=10)
   fig.subplots_adjust(left=0.2 / len(panels), right=0.99, bottom=0.15, top=0.83, wspace=0.3)
-  fig.savefig(path, dpi=110)
+  figures.save_figure(fig, path, dpi=110)
   plt.close(fig)
 
 
@@ -183,8 +184,7 @@ def scalars(results):
 
 
 def _png_tensor(path):
-  with open(path, "rb") as f:
-    png = f.read()
+  png = files.read_bytes(path)
   from PIL import Image  # pylint: disable=g-import-not-at-top
   width, height = Image.open(io.BytesIO(png)).size
   return tf.constant([str(width).encode(), str(height).encode(), png])
@@ -203,7 +203,7 @@ def write_tensorboard(workdir, phase, step, results, pngs):
 
 
 def markdown(workdir, source, results_by_phase, steps, sections, notes):
-  lines = [f"# {os.path.abspath(workdir)}", "",
+  lines = [f"# {files.abspath(workdir)}", "",
            "The run's config: `config.json`; its checkpoints evaluated: "
            + ", ".join(f"{p} step {s}" for p, s in steps.items()) + ".", ""]
   if results_by_phase and any(results_by_phase.values()):
@@ -228,7 +228,7 @@ def write(config, data, workdir, results_by_phase, steps, models, source):
   if jax.process_index() != 0:
     return None
   out_dir = os.path.join(workdir, FIGURES)
-  os.makedirs(out_dir, exist_ok=True)
+  files.makedirs(out_dir, exist_ok=True)
   phases = list(steps)
   last = phases[-1]
   images = {phase: {} for phase in phases}  # TensorBoard images per phase: {tag: path}
@@ -272,7 +272,5 @@ def write(config, data, workdir, results_by_phase, steps, models, source):
     write_tensorboard(workdir, phase, steps[phase], results_by_phase.get(phase, {}),
                       images[phase])
   path = os.path.join(workdir, REPORT)
-  with open(path + ".tmp", "w") as f:
-    f.write(markdown(workdir, source, results_by_phase, steps, sections, notes))
-  os.replace(path + ".tmp", path)
+  files.write_atomic(path, markdown(workdir, source, results_by_phase, steps, sections, notes))
   return path

@@ -10,10 +10,9 @@ import os
 import jax
 
 from aprn_jax import data as data_lib
-from aprn_jax import evaluate, report, trainer
-from aprn_jax.files import write_json
+from aprn_jax import evaluate, report, saved_config, trainer
 from aprn_jax.analysis import analyse
-from configs import default as default_config
+from input_pipeline import files
 
 
 def _flatten(tree, prefix=""):
@@ -27,7 +26,7 @@ def _flatten(tree, prefix=""):
 
 def _has_trained(workdir):
   """Whether training ever started in `workdir`: a phase folder (or link) is there."""
-  return any(os.path.lexists(os.path.join(workdir, phase)) for phase in trainer.PHASES)
+  return any(files.lexists(os.path.join(workdir, phase)) for phase in trainer.PHASES)
 
 
 def guard_workdir(config, workdir, record=True):
@@ -43,19 +42,15 @@ def guard_workdir(config, workdir, record=True):
   """
   path = os.path.join(workdir, "config.json")
   current = json.loads(config.to_json())
-  if os.path.exists(path):
-    with open(path) as f:
+  if files.exists(path):
+    with files.open(path) as f:
       try:
         saved = json.load(f)
       except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not readable JSON ({e}); move it away to start over") from e
-    flat_saved, flat_current = _flatten(saved), _flatten(current)
     # A field added to the project after the run started is absent from its config.json;
-    # it is the same run when the field holds its default.
-    flat_default = _flatten(json.loads(default_config.get_config().to_json()))
-    for key in set(flat_current) - set(flat_saved):
-      if key in flat_default:
-        flat_saved[key] = flat_default[key]
+    # it is the same run when the field holds the value it had before it existed.
+    flat_saved, flat_current = _flatten(saved_config.complete(saved)), _flatten(current)
     differ = sorted(k for k in set(flat_saved) | set(flat_current)
                     if not k.startswith(("eval.", "analysis."))
                     and flat_saved.get(k) != flat_current.get(k))
@@ -77,23 +72,23 @@ def guard_workdir(config, workdir, record=True):
 def record_config(config, workdir):
   """Writes the workdir's config.json (once `guard_workdir` has let the config in)."""
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
+    files.makedirs(workdir, exist_ok=True)
+    files.write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
 
 
 def record_data(data, workdir):
   """Writes <workdir>/data.json: what eval and analyse need of the training data."""
   if jax.process_index() == 0:
-    write_json(os.path.join(workdir, "data.json"), data.to_json())
+    files.write_json(os.path.join(workdir, "data.json"), data.to_json())
 
 
 def saved_data(workdir):
   """The `data_lib.DataInfo` training saved in `workdir`; None if it has none (a run
   trained before data.json was written)."""
   path = os.path.join(workdir, "data.json")
-  if not os.path.exists(path):
+  if not files.exists(path):
     return None
-  with open(path) as f:
+  with files.open(path) as f:
     try:
       return data_lib.DataInfo.from_json(json.load(f))
     except (ValueError, TypeError, KeyError) as e:
@@ -112,7 +107,7 @@ def load_data(config, workdir, mode):
     return data_lib.load(config, workdir)
   saved = saved_data(workdir)
   wants_images = (mode == "analyse" and analyse.probe_taps(config)
-                  and os.path.isdir(config.data.get("manual_dir", "")))
+                  and files.isdir(config.data.get("manual_dir", "")))
   if saved is None or wants_images:
     return data_lib.load(config, workdir)
   return saved
@@ -121,14 +116,14 @@ def load_data(config, workdir, mode):
 def _evaluate_phases(config, data, phases_and_variables, out_name, workdir, steps):
   """Evaluates each phase's recognizer, prints the table, writes `out_name` and the report
   (`report`; also without benchmarks: the training figures). steps: {phase: its step}."""
-  results, files = {}, evaluate.BenchmarkFiles()
+  results, parsed = {}, evaluate.BenchmarkFiles()
   for name, (recognizer, variables) in phases_and_variables.items():
     if config.eval.benchmarks:
-      results[name] = evaluate.evaluate(config, data, recognizer, variables, files,
+      results[name] = evaluate.evaluate(config, data, recognizer, variables, parsed,
                                         label=f"[{name}]")
   if results and jax.process_index() == 0:  # one table and one file for a whole job
     print(evaluate.table(results), flush=True)
-    write_json(os.path.join(workdir, out_name), results)
+    files.write_json(os.path.join(workdir, out_name), results)
   written = report.write(config, data, workdir, results, steps, phases_and_variables,
                          out_name)
   if written:
@@ -138,6 +133,7 @@ def _evaluate_phases(config, data, phases_and_variables, out_name, workdir, step
 
 
 def main(config, workdir, mode, step=None):
+  files.local_path(workdir)  # orbax keeps the checkpoints there: a scheme it lacks fails now
   if mode == "train":
     trainer.check_train_config(config)  # before the data set is built
   unrecorded = guard_workdir(config, workdir, record=False)  # a failed build leaves none

@@ -17,7 +17,6 @@ the last step; each averages the steps since the previous line.
 import json
 import math
 import os
-import sys
 import time
 
 import jax
@@ -26,9 +25,9 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
-from aprn_jax import checkpoints, console, models, seeds, train_state, train_step
+from aprn_jax import checkpoints, models, seeds, train_state, train_step
 from aprn_jax.models import partial_fc
-from input_pipeline import preprocess
+from input_pipeline import console, files, preprocess
 
 PHASES = ("baseline", "aprn")
 
@@ -102,7 +101,7 @@ def saved_phases(workdir):
   """The phases with a checkpoint folder in `workdir`, in training order; none is an error
   naming the workdir."""
   names = [name for name in PHASES
-           if os.path.isdir(_checkpoint_dir(os.path.join(workdir, name)))]
+           if files.isdir(_checkpoint_dir(os.path.join(workdir, name)))]
   if not names:
     raise FileNotFoundError(f"no phase checkpoints under {workdir} (expected "
                             f"{', '.join(PHASES)} folders with checkpoints/)")
@@ -128,7 +127,7 @@ class PhaseCheckpoints:
     return os.path.join(self.dir, "done.json")
 
   def is_done(self):
-    return os.path.exists(self.done_path)
+    return files.exists(self.done_path)
 
   def checkpoint_dir(self):
     return _checkpoint_dir(self.dir)
@@ -208,11 +207,9 @@ def _log_note(metrics, images_per_s, lrs):
 def _drop_metrics_after(path, step):
   """Keeps the metric lines up to `step`: those logged after the last checkpoint by a killed
   run are logged again by the resumed one."""
-  with open(path) as f:
+  with files.open(path) as f:
     kept = [line for line in f if json.loads(line)["step"] <= step]
-  with open(path + ".tmp", "w") as f:
-    f.writelines(kept)
-  os.replace(path + ".tmp", path)
+  files.write_atomic(path, "".join(kept))
 
 
 def train_phase(phase: Phase, init_recognizer=None, log_prefix=None):
@@ -237,7 +234,7 @@ def train_phase(phase: Phase, init_recognizer=None, log_prefix=None):
       start_step=first_step, num_landmarks=data.num_landmarks)
   writer = tf.summary.create_file_writer(os.path.join(phase.dir, "tensorboard")) if lead else None
   metrics_path = os.path.join(phase.dir, "metrics.jsonl")
-  if lead and os.path.exists(metrics_path):
+  if lead and files.exists(metrics_path):
     _drop_metrics_after(metrics_path, first_step)
   window, window_start = [], time.time()
   last = {}
@@ -265,7 +262,7 @@ def train_phase(phase: Phase, init_recognizer=None, log_prefix=None):
       images_per_s = len(window) * config.train.batch_size / (time.time() - window_start)
       if lead:
         record = dict(step=step_done, **last, lr=lrs[0], d_lr=lrs[1], images_per_s=images_per_s)
-        with open(metrics_path, "a") as f:
+        with files.open(metrics_path, "a") as f:
           f.write(json.dumps(record) + "\n")
         with writer.as_default(step=step_done):
           for k, v in record.items():
@@ -286,7 +283,7 @@ def train_phase(phase: Phase, init_recognizer=None, log_prefix=None):
   if int(state.step) != phase.num_steps:  # resumed at the end: checkpoint exists already
     raise RuntimeError(f"[{phase.name}] ended at step {int(state.step)} of {phase.num_steps}")
   if lead:
-    with open(phase.done_path, "w") as f:
+    with files.open(phase.done_path, "w") as f:
       json.dump(dict(step=phase.num_steps, metrics=last), f)
   mngr.close()
   return state

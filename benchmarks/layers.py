@@ -5,14 +5,13 @@
 For each layer shape of the configs where layers.py picks another form than flax's (and one
 where both are `lax.conv_general_dilated`): seconds of forward + backward (to the input and
 the kernel; to the input for the pool), median of --steps calls after one warm-up, with
-`layers.CPU_FORMS` on and off, the two calls alternating; XLA's FLOP count of each; and the
+the `fast` forms and flax's (`layers.FORMS`), the two calls alternating; XLA's FLOP count of each; and the
 speed-up. --scale divides every batch (a quick run; the tests use it).
 """
 import os
 import sys
 
 from absl import app, flags
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,29 +42,27 @@ POOLS = [
 ]
 
 
-def conv_case(batch, size, channels, features, kernel, stride, padding):
-  conv = layers.Conv(features, (kernel, kernel), (stride, stride), padding)
+def conv_case(forms, batch, size, channels, features, kernel, stride, padding):
+  conv = layers.Conv(features, (kernel, kernel), (stride, stride), padding, forms=forms)
   x = jnp.asarray(np.random.RandomState(0).randn(batch, size, size, channels), jnp.float32)
   variables = conv.init(jax.random.key(0), x)
   loss = lambda v, x: jnp.sum(conv.apply(v, x) ** 2)
   return jax.grad(loss, (0, 1)), (variables, x)
 
 
-def pool_case(batch, size, channels, window, stride, padding):
+def pool_case(forms, batch, size, channels, window, stride, padding):
   x = jnp.asarray(np.random.RandomState(0).randn(batch, size, size, channels), jnp.float32)
-  loss = lambda x: jnp.sum(layers.max_pool(x, (window, window), (stride, stride), padding) ** 2)
+  loss = lambda x: jnp.sum(layers.max_pool(x, (window, window), (stride, stride), padding,
+                                           forms) ** 2)
   return jax.grad(loss), (x,)
 
 
-def measure(fn, args, steps):
+def measure(make, shape, steps):
   """{form: {compile, FLOPs, seconds}} for the CPU forms and flax's, timed alternately."""
   calls, record = {}, {}
-  for form, on in (("layers", True), ("flax", False)):
-    layers.CPU_FORMS = on
-    try:  # a new function object, so jit traces it again under this setting
-      lowered, compiled, compile_s = common.compile_timed(jax.jit(lambda *a: fn(*a)), *args)
-    finally:
-      layers.CPU_FORMS = True
+  for form, forms in (("layers", "fast"), ("flax", "flax")):
+    fn, args = make(forms, *shape)
+    lowered, compiled, compile_s = common.compile_timed(jax.jit(fn), *args)
     jax.block_until_ready(compiled(*args))
     calls[form] = lambda c=compiled: jax.block_until_ready(c(*args))
     record[form] = dict(compile_s=compile_s, flops=common.flops(lowered, compiled))
@@ -84,9 +81,9 @@ def main(argv):
   cases = [(name, conv_case, shape) for name, *shape in CONVS]
   cases += [(name, pool_case, shape) for name, *shape in POOLS]
   for name, make, (batch, *shape) in cases:
-    fn, args = make(max(1, batch // FLAGS.scale), *shape)
-    record["cases"].append(dict(name=name, batch=max(1, batch // FLAGS.scale),
-                                **measure(fn, args, FLAGS.steps)))
+    batch = max(1, batch // FLAGS.scale)
+    record["cases"].append(dict(name=name, batch=batch,
+                                **measure(make, (batch, *shape), FLAGS.steps)))
   common.emit(record, FLAGS.out)
 
 

@@ -64,6 +64,7 @@ def measure(config, *, batch_size, steps, warmup, num_classes, num_landmarks):
   size = config.data.image_size
   recognizer, _ = models.make_models(config, num_classes=num_classes,
                                      num_landmarks=num_landmarks)
+  recognizer = export.recognizer_at(config, recognizer, dtype)  # as exported
   init = jax.jit(lambda key: recognizer.init(key, np.zeros((1, size, size, 3), np.float32),
                                              train=False))
   variables = jax.device_get(init(jax.random.key(config.seed)))

@@ -1,7 +1,8 @@
 """Train-step throughput: the baseline step next to the APRN step; prints one JSON object.
 
     python benchmarks/train_step.py --config=configs/default.py [--batch_size=64]
-        [--devices=4] [--steps=10] [--dtype=bfloat16] [--flax_layers] [--out=results.jsonl]
+        [--devices=4] [--steps=10] [--dtype=bfloat16] [--config.model.layer_forms=flax]
+        [--out=results.jsonl]
         [--config.model.depth=101 ...]
 
 Both steps are the pmapped `aprn_jax.train_step` on random data of the config's shapes (no
@@ -30,15 +31,12 @@ from ml_collections import config_flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from aprn_jax import losses, models, train_state, train_step
-from aprn_jax.models import layers
 from benchmarks import common
 from input_pipeline import landmarks
 
 FLAGS = flags.FLAGS
 common.define_model_flags("Global batch (default: config.train.batch_size).",
                           "steps of each kind")
-flags.DEFINE_bool("flax_layers", False, "Compile what flax's convolution and max-pool compile "
-                  "to (layers.CPU_FORMS off), to measure what aprn_jax/models/layers.py saves.")
 flags.DEFINE_integer("devices", None, "Local devices to use (default: all). On CPU, makes "
                      "this many fake host devices.")
 
@@ -181,20 +179,15 @@ def measure(config, *, batch_size, num_devices, steps, warmup, num_classes, num_
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if FLAGS.devices is not None:
     common.set_host_device_count(FLAGS.devices)  # before JAX first lists its devices
-  config = FLAGS.config.copy_and_resolve_references()
-  if FLAGS.dtype:
-    config.model.dtype = FLAGS.dtype
-  layers.CPU_FORMS = not FLAGS.flax_layers
+  config = common.model_config(argv)
   record = measure(config, batch_size=FLAGS.batch_size or config.train.batch_size,
                    num_devices=FLAGS.devices, steps=FLAGS.steps, warmup=FLAGS.warmup,
                    num_classes=FLAGS.num_classes,
                    num_landmarks=landmarks.NUM_POINTS[FLAGS.landmarks])
   record["config"] = config_flags.get_config_filename(FLAGS["config"])
-  record["cpu_layer_forms"] = layers.CPU_FORMS
+  record["layer_forms"] = config.model.layer_forms
   common.emit(record, FLAGS.out)
 
 

@@ -48,11 +48,12 @@ def get_config():
   )
 
   config.model = dict(
-      backbone="resnet",          # resnet | casia_net
-      depth=50,                   # ignored when stage_sizes is set
-      stage_sizes=(1, 1, 1, 1),   # a CPU-sized bottleneck ResNet
-      width=16,
-      embedding_dim=128,
+      backbone="resnet",          # resnet | casia_net (models.BACKBONES)
+      depth=50,                   # resnet: ignored when stage_sizes is set
+      stage_sizes=(1, 1, 1, 1),   # resnet: a CPU-sized bottleneck ResNet
+      width=16,                   # resnet: stage1's bottleneck width
+      block_widths=(),            # casia_net: ((w, w), ...) per block; () = the paper's
+      embedding_dim=128,          # casia_net: its last convolution's width
       head="softmax",             # softmax | cosface | arcface | combined
       s=64.0, m=0.5, m1=1.0, m2=0.0, m3=0.0,
       # dense: the head's classes on every device. sharded: split over the devices, softmax
@@ -61,6 +62,9 @@ def get_config():
       sample_rate=1.0,            # sharded: share of each device's classes kept per step
                                   # (positives always kept); 1.0 = no sampling
       dtype="float32",            # bfloat16 on GPUs/TPUs: activations only
+      # fast: convolution and pool forms that are fast on XLA:CPU, flax's elsewhere; flax:
+      # flax's everywhere; portable: flax's with an explicit-pad max-pool (ONNX export).
+      layer_forms="fast",
   )
 
   # The APRN module: D on one tap of R, trained by the adversarial regression loss.
@@ -75,6 +79,7 @@ def get_config():
       # the backbone's parameters and half R's training FLOPs; 128 gives 0.8x and 12%
       # (ResNet-101's Table 1 D: 0.6x and 20%).
       d_widths=(128,),
+      d_pool="table",             # D's 3x3/2 max-pool: table (Table 1 yes, Table 4 no) | max | none
       # D's warm-up: the APRN phase's first steps train D alone on the frozen baseline, so R
       # is trained against a D that beats the constant mean-face answer.
       d_warmup_steps=100,

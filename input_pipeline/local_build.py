@@ -2,7 +2,7 @@
 TFDS's "Downloading and preparing dataset Unknown size (download: Unknown size ...)" and its
 own progress bars (which interleave with the build's, 52 fragments in one log) say nothing
 true of them. A builder that mixes in `LocalBuild` names its folder once and leaves the
-counting to its own `aprn_jax.console.Progress`.
+counting to its own `input_pipeline.console.Progress`.
 """
 import sys
 

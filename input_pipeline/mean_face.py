@@ -23,6 +23,7 @@ import os
 
 import numpy as np
 
+from input_pipeline import files
 from input_pipeline import landmarks as landmarks_lib
 
 DEFAULT_MAX_YAW = 10.0
@@ -81,19 +82,21 @@ def write(directory, mean):
   mean = np.asarray(mean, np.float32)
   if mean.ndim != 2 or mean.shape[1] != 2:
     raise ValueError(f"the mean face must have shape (M, 2), got {mean.shape}")
-  os.makedirs(directory, exist_ok=True)
+  files.makedirs(directory, exist_ok=True)
   path = os.path.join(directory, FILE_NAME)
-  np.save(path, mean)
+  with files.open(path, "wb") as f:
+    np.save(f, mean)
   return path
 
 
 def read(directory):
   """l_mean (M, 2) float32 stored by `write` in `directory` (e.g. a TFDS builder's data_dir)."""
   path = os.path.join(os.fspath(directory), FILE_NAME)
-  if not os.path.isfile(path):
+  if not files.isfile(path):
     raise FileNotFoundError(f"no mean face at {path}: build the data set first (the synthetic "
                             f"builder writes it) or call mean_face.write")
-  mean = np.load(path)
+  with files.open(path, "rb") as f:
+    mean = np.load(f)
   if mean.ndim != 2 or mean.shape[1] != 2 or mean.dtype != np.float32:
     raise ValueError(f"{path}: expected a float32 (M, 2) array, got {mean.dtype} {mean.shape}")
   return mean

@@ -32,6 +32,7 @@ import struct
 
 import numpy as np
 
+from input_pipeline import files
 from input_pipeline.readers import images as images_lib
 
 MAGIC = 0xCED7230A
@@ -104,6 +105,8 @@ def _parts(payload):
 
 
 def _write_record(stream, payload):
+  """Writes one record; returns its size in bytes."""
+  size = 0
   for flag, data in _parts(payload):
     if len(data) > _LENGTH_MASK:
       raise ValueError(f"a record part of {len(data)} bytes is over the format's limit "
@@ -111,6 +114,8 @@ def _write_record(stream, payload):
     stream.write(_PART_HEAD.pack(MAGIC, (flag << _LENGTH_BITS) | len(data)))
     stream.write(data)
     stream.write(b"\0" * (_padded(len(data)) - len(data)))
+    size += _PART_HEAD.size + _padded(len(data))
+  return size
 
 
 def _identity_ranges(labels):
@@ -150,10 +155,11 @@ def write_rec(prefix, images_bytes, labels, header_record=True):
     payloads = [pack(label, image, id=i)
                 for i, (image, label) in enumerate(zip(images_bytes, labels))]
   rec_path, idx_path = f"{prefix}.rec", f"{prefix}.idx"
-  with open(rec_path, "wb") as rec, open(idx_path, "w", encoding="utf-8") as idx:
+  with files.open(rec_path, "wb") as rec, files.open(idx_path, "w", encoding="utf-8") as idx:
+    offset = 0  # counted: not every filesystem's writable files tell() (ram:// does not)
     for key, payload in enumerate(payloads):
-      idx.write(f"{key}\t{rec.tell()}\n")
-      _write_record(rec, payload)
+      idx.write(f"{key}\t{offset}\n")
+      offset += _write_record(rec, payload)
   return rec_path, idx_path
 
 
@@ -164,10 +170,10 @@ def read_idx(path, rec_size=None, rec_path="the .rec file"):
   an offset whose part header would not fit in the file is an error here.
   """
   path = os.fspath(path)
-  if not os.path.isfile(path):
+  if not files.isfile(path):
     raise FileNotFoundError(f"index file not found: {path}")
   offsets = {}
-  with open(path, encoding="utf-8") as lines:
+  with files.open(path, encoding="utf-8") as lines:
     for line_number, line in enumerate(lines, 1):
       if not line.strip():
         continue
@@ -195,26 +201,27 @@ class Reader:
   """Random access to the records of a .rec file by the keys of its .idx file.
 
   Without an .idx the records are found by one sequential pass and keyed 0, 1, ... in file
-  order. Reads use `os.pread`, so threads may share one Reader.
+  order. Reads are positioned (`files.RandomAccessFile`: os.pread on local files), so threads
+  may share one Reader.
   """
 
   def __init__(self, rec_path, idx_path=None):
-    self._fd = None
+    self._file = None
     self.rec_path = os.fspath(rec_path)
-    if not os.path.isfile(self.rec_path):
+    if not files.isfile(self.rec_path):
       raise FileNotFoundError(f"record file not found: {self.rec_path}")
     self.idx_path = None if idx_path is None else os.fspath(idx_path)
-    self.size = os.path.getsize(self.rec_path)
-    self._fd = os.open(self.rec_path, os.O_RDONLY)
+    self.size = files.getsize(self.rec_path)
+    self._file = files.RandomAccessFile(self.rec_path)
     if self.idx_path is None:
       self._offsets = {key: offset for key, (offset, _) in enumerate(self.scan())}
     else:
       self._offsets = read_idx(self.idx_path, self.size, self.rec_path)
 
   def close(self):
-    if self._fd is not None:
-      os.close(self._fd)
-      self._fd = None
+    if self._file is not None:
+      self._file.close()
+      self._file = None
 
   def __enter__(self):
     return self
@@ -252,7 +259,7 @@ class Reader:
       raise RecordError(f"{where}: the offset is past the end of the file ({self.size} bytes)")
     parts, first = [], True
     while True:
-      head = os.pread(self._fd, _PART_HEAD.size, offset)
+      head = self._file.pread(_PART_HEAD.size, offset)
       if len(head) < _PART_HEAD.size:
         raise RecordError(f"{where}: truncated record: the part at offset {offset} has "
                           f"{len(head)} of its {_PART_HEAD.size} header bytes")
@@ -264,7 +271,7 @@ class Reader:
       if flag not in ((_WHOLE, _FIRST) if first else (_MIDDLE, _LAST)):
         raise RecordError(f"{where}: continuation flag {flag} at offset {offset} out of "
                           f"sequence")
-      data = os.pread(self._fd, length, offset + _PART_HEAD.size)
+      data = self._file.pread(length, offset + _PART_HEAD.size)
       if len(data) < length:
         raise RecordError(f"{where}: truncated record: the part at offset {offset} announces "
                           f"{length} bytes, the file holds {len(data)}")
@@ -286,7 +293,7 @@ class Reader:
   def read_header(self, key):
     """The IRHeader of a record (reads its start only unless the record has several parts)."""
     offset, where = self.offset(key), self.where(key)
-    head = os.pread(self._fd, _PART_HEAD.size + IR_HEADER_SIZE, offset)
+    head = self._file.pread(_PART_HEAD.size + IR_HEADER_SIZE, offset)
     if len(head) == _PART_HEAD.size + IR_HEADER_SIZE:
       magic, word = _PART_HEAD.unpack_from(head)
       length = word & _LENGTH_MASK

@@ -1,11 +1,16 @@
 """console.Progress: plain lines off a terminal (one per update, no carriage returns), one
 redrawn bar on one; and a local TFDS build that says so instead of "Downloading"."""
 import io
+import os
 import re
+import subprocess
+import sys
 
-from aprn_jax import console
+from input_pipeline import console
 from input_pipeline.real import builders
 import test_real_builders as real_fixtures
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class Terminal(io.StringIO):
@@ -89,3 +94,26 @@ def test_a_local_build_names_its_folder_and_counts_without_tfds_messages(tmp_pat
     assert tfds_says not in text
   assert re.search(r"^building face_folder/\S+ 1\.0\.0 into \S+$", printed.out, re.M)
   assert re.search(r"^face_folder/\S+ 5 images in 0:\d\d \(", printed.out, re.M)
+
+
+def test_quiet_drops_tensorflows_load_notices_and_keeps_other_stderr(tmp_path):
+  """TensorFlow prints oneDNN's notice through absl while it loads, whatever
+  TF_CPP_MIN_LOG_LEVEL says; quiet() drops it and keeps what else reaches stderr then."""
+  (tmp_path / "noisy.py").write_text(
+      "import os\n"
+      "os.write(2, b'WARNING: All log messages before absl::InitializeLog() is called are "
+      "written to STDERR\\n')\n"
+      "os.write(2, b'I0000 port.cc:153] oneDNN custom operations are on.\\n')\n"
+      "os.write(2, b'a real problem\\n')\n")
+  script = (f"import sys; sys.path[:0] = [{REPO!r}, {str(tmp_path)!r}]\n"
+            "from input_pipeline import console\n"
+            "console.quiet()\n"
+            "console.import_without_notices('noisy')\n"
+            "import tensorflow\n"
+            "print('done')\n")
+  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+  done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                        text=True, timeout=300)
+  assert done.returncode == 0, done.stderr
+  assert done.stdout == "done\n"
+  assert done.stderr == "a real problem\n"

@@ -1,22 +1,27 @@
-"""Shapes and parameter counts of the backbones and discriminators (abstract: jax.eval_shape)."""
+"""Shapes and parameter counts of the backbones and discriminators (abstract: jax.eval_shape),
+and the backbone table."""
+import functools
 import math
+from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
+import optax
 import pytest
 
-from aprn_jax import models
-from aprn_jax.models import resnet
+from aprn_jax import models, train_state, train_step
+from aprn_jax.models import layers, resnet
+import tiny_setup
 
 
 def make_config(backbone="resnet", depth=101, embedding_dim=256, tap="stage4", image_size=224,
                 **model):
-  return ml_collections.ConfigDict(dict(
-      model=dict(backbone=backbone, depth=depth, embedding_dim=embedding_dim, head="softmax",
-                 **model),
-      aprn=dict(tap=tap), data=dict(image_size=image_size)))
+  return tiny_setup.configured(
+      model={**dict(backbone=backbone, depth=depth, stage_sizes=(), width=64,
+                    embedding_dim=embedding_dim, head="softmax"), **model},
+      aprn=dict(tap=tap, d_widths=()), data=dict(image_size=image_size))
 
 
 def abstract_init(config, num_landmarks=51):
@@ -182,3 +187,72 @@ def test_untrained_discriminator_answers_the_mean_face():
                                 mean_face=mean_face[:40])
   with pytest.raises(ValueError, match="mean face has 40 points; expected 51"):
     wrong.init(jax.random.key(2), features, False)
+
+
+class ToyBackbone(nn.Module):
+  """A two-convolution backbone that exists only in this test: taps `conv1` (8x8) and
+  `conv2` (4x4), a dense embedding."""
+  embedding_dim: int
+  dtype: Any = jnp.float32
+  axis_name: Any = None
+  layer_forms: str = "fast"
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    norm = layers.batch_norm(train, momentum=0.9, dtype=self.dtype, axis_name=self.axis_name)
+    taps = {}
+    for name, width in (("conv1", 4), ("conv2", 8)):
+      x = layers.Conv(width, (3, 3), (2, 2), dtype=self.dtype, forms=self.layer_forms,
+                      name=name)(x)
+      taps[name] = x = nn.relu(norm(name=f"{name}_bn")(x))
+    return nn.Dense(self.embedding_dim, name="embedding")(x.reshape(x.shape[0], -1)), taps
+
+
+TOY = models.Backbone(
+    build=lambda model_cfg, **common: ToyBackbone(model_cfg.embedding_dim, **common),
+    taps=("conv1", "conv2"), last_tap="conv2", d_widths=lambda tap, last: (last,),
+    d_pool=False)
+
+
+@pytest.mark.parametrize("tap", TOY.taps)
+def test_a_registered_backbone_trains_with_d_on_each_tap(tap, monkeypatch):
+  """A backbone added to models.BACKBONES (no edit of models/__init__.py) builds R and D from
+  the config and takes a full APRN step: R's loss falls on a fixed batch, D's parameters
+  move, and D sits on the configured tap at the table's width."""
+  monkeypatch.setitem(models.BACKBONES, "toy", TOY)
+  cfg = tiny_setup.config(tap)
+  cfg.model.update(backbone="toy", embedding_dim=8)
+  recognizer, disc = tiny_setup.build(cfg)
+  assert disc.widths == (8,) and models.tap_names(cfg.model) == TOY.taps
+  r_tx, d_tx = optax.sgd(0.05), optax.sgd(0.05)
+  state = train_state.create(recognizer, disc, r_tx, d_tx, jax.random.key(0),
+                             tiny_setup.IMAGE, tap)
+  step = jax.pmap(functools.partial(
+      train_step.train_step, recognizer=recognizer, discriminator=disc, r_tx=r_tx, d_tx=d_tx,
+      tap=tap), axis_name="batch", in_axes=(None, 0, None), out_axes=(None, None),
+      devices=jax.devices()[:1])
+  batch = tiny_setup.shard(tiny_setup.batch(8), 1)
+  mean_face = np.zeros((tiny_setup.POINTS, 2), np.float32)
+  new_state, first = step(state, batch, mean_face)
+  for _ in range(4):
+    new_state, metrics = step(new_state, batch, mean_face)
+  assert metrics["identity_loss"] < first["identity_loss"]
+  assert np.isfinite(metrics["d_l1"])
+  moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
+                       new_state.discriminator["params"], state.discriminator["params"])
+  assert max(jax.tree.leaves(moved)) > 0
+
+
+def test_unknown_backbone_and_d_pool_are_named():
+  cfg = make_config()
+  cfg.model.backbone = "vgg"
+  with pytest.raises(ValueError, match=r"config.model.backbone='vgg'.*'resnet', 'casia_net'"):
+    abstract_init(cfg)
+  cfg = make_config()
+  cfg.aprn.d_pool = "avg"
+  with pytest.raises(ValueError, match=r"config.aprn.d_pool='avg'"):
+    abstract_init(cfg)
+  cfg = make_config(backbone="casia_net", tap="last_conv", image_size=96, embedding_dim=128,
+                    block_widths=((32, 64), (64, 320)))
+  with pytest.raises(ValueError, match="block_widths ends at 320.*embedding_dim=128"):
+    abstract_init(cfg)

@@ -70,10 +70,12 @@ def test_each_process_decodes_only_its_own_records(tiny_data, monkeypatch):
       np.testing.assert_array_equal(joined, whole[key])
 
 
-# Few steps at a low learning rate: the job's all-reduce (gloo, across processes) sums in
-# another order than one process's, and in the tiny config at its learning rate of 0.05 that
-# float rounding grows about tenfold per step (measured: 2e-7 in the loss at step 1, 2e-2 at
-# step 6), as between any two all-reduce implementations.
+# Few steps at a low learning rate, compiled as main.py compiles (XLA's default
+# optimisation): the tiny network (4 stem channels) is chaotic, so any change of float
+# rounding grows about tenfold per step. Measured over 10 steps of this run: 2 processes x 2
+# devices and 1 x 4 agree to 1e-7 in the parameters (with BatchNorm's two-pass variance,
+# models/layers.py); compiled with --xla_backend_optimization_level=0, the 1 x 4 program
+# rounds differently and the two part by 4e-3 at step 10.
 SHORT_RUN = ("--config.train.batch_size=32", "--config.train.baseline_epochs=1",
              "--config.train.aprn_epochs=1", "--config.aprn.d_warmup_steps=4",
              "--config.optim.lr=0.002", "--config.train.checkpoint_every_steps=4",
@@ -91,9 +93,9 @@ def _command(workdir, data_dir, *extra):
           f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", *SHORT_RUN, *extra]
 
 
-def _env(devices):
-  return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} "
-                                     f"{FAST_COMPILE}"}
+def _env(devices, fast_compile=False):
+  flags = f"--xla_force_host_platform_device_count={devices}"
+  return {**os.environ, "XLA_FLAGS": f"{flags} {FAST_COMPILE}" if fast_compile else flags}
 
 
 def _start_job(workdir, data_dir, logs, extra=((), ())):
@@ -114,6 +116,11 @@ def _final_state(config, workdir, phase_name):
   phase = trainer.Phase(config, data, workdir, phase_name)
   mngr = checkpoints.manager(os.path.join(phase.dir, "checkpoints"), read_only=True)
   return jax.device_get(checkpoints.restore(mngr, phase.initial_state())), mngr.latest_step()
+
+
+def _metric_lines(phase_dir):
+  with open(os.path.join(phase_dir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
 
 
 def _short_config(data_dir):
@@ -157,8 +164,26 @@ def test_two_processes_train_resume_and_evaluate_like_one(tiny_data, tmp_path):
     expected, expected_step = _final_state(config, reference, phase)
     got, step = _final_state(config, workdir, phase)
     assert step == expected_step
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-                 got, expected)
+    # The baseline ends equal to float32 rounding (measured: 2e-6 at most, in R's momentum).
+    # The APRN phase's pose gradients are signs (the L1's), which a rounding-sized change can
+    # flip: after its 14 steps D's parameters differ by up to 5e-4 (2.5% of its output
+    # kernel), R's statistics by 2e-4, and R's momentum below the tap by up to 6e-2 (of 2.4),
+    # from 1e-7 at the phase's start. So there the parameters and statistics are compared at
+    # 1e-3, the optimizer state not at all, and the logged metrics at every step.
+    if phase == "baseline":
+      compared, tolerance = (got, expected), dict(rtol=1e-4, atol=1e-5)
+    else:
+      compared = tuple((s.recognizer, s.discriminator) for s in (got, expected))
+      tolerance = dict(rtol=1e-3, atol=1e-3)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tolerance), *compared)
+    print(phase, "largest difference", max(jax.tree.leaves(jax.tree.map(
+        lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), *compared))))
+    lines = [_metric_lines(os.path.join(run, phase)) for run in (workdir, reference)]
+    assert [line["step"] for line in lines[0]] == [line["step"] for line in lines[1]]
+    for mine, theirs in zip(*lines):
+      for key in ("identity_loss", "d_l1", "adversarial_l1"):
+        if key in theirs:
+          np.testing.assert_allclose(mine[key], theirs[key], rtol=1e-3, err_msg=key)
     with open(os.path.join(workdir, phase, "metrics.jsonl")) as f:
       logged = [json.loads(line)["step"] for line in f]
     assert logged == sorted(set(logged))  # one writer: no step twice

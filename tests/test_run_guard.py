@@ -5,22 +5,29 @@ import os
 
 import pytest
 
-from aprn_jax import run
-from configs import default
+from aprn_jax import export, run
+from configs import default, resnet101
 
 
 def test_workdir_of_an_older_config_resumes_unless_a_new_field_changed(tmp_path):
-  """A config.json written before a field existed matches a config holding its default."""
-  config = default.get_config()
+  """A config.json written before a field existed matches a config holding the value the field
+  had before it existed (saved_config.ADDED_FIELDS), whichever config file started the run;
+  a field absent from config.json and from that table is a difference."""
+  config = resnet101.get_config()
   saved = json.loads(config.to_json())
-  del saved["data"]["skip_bad"], saved["data"]["stored_size"]
+  del saved["model"]["layer_forms"], saved["aprn"]["d_pool"], saved["model"]["classifier"]
   workdir = tmp_path / "wd"
   (workdir / "baseline").mkdir(parents=True)  # the run trained
   (workdir / "config.json").write_text(json.dumps(saved))
   run.guard_workdir(config, str(workdir))  # the same run
-  config.data.skip_bad = True
-  with pytest.raises(ValueError, match=r"differs in: data\.skip_bad"):
+  assert export.load_config(str(workdir)).model.layer_forms == "fast"
+  config.model.layer_forms = "flax"
+  with pytest.raises(ValueError, match=r"differs in: model\.layer_forms"):
     run.guard_workdir(config, str(workdir))
+  del saved["data"]["skip_bad"]
+  (workdir / "config.json").write_text(json.dumps(saved))
+  with pytest.raises(ValueError, match=r"differs in: data\.skip_bad"):
+    run.guard_workdir(resnet101.get_config(), str(workdir))
 
 
 class _Stop(Exception):

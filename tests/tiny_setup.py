@@ -1,20 +1,28 @@
 """A tiny APRN set-up shared by the train-step tests: a 4-block ResNet on 16x16 images."""
 import jax
-import ml_collections
 import numpy as np
 
 from aprn_jax import models, train_state
+from configs import default
 
 IMAGE, CLASSES, POINTS = 16, 4, 5
 
 
 def config(tap="stage2", **aprn):
-  return ml_collections.ConfigDict(dict(
+  return configured(
       model=dict(backbone="resnet", stage_sizes=(1, 1, 1, 1), width=2, embedding_dim=8,
                  head="softmax"),
-      aprn=dict(tap=tap, **aprn), data=dict(image_size=IMAGE),
+      aprn=dict(tap=tap, d_widths=(), **aprn), data=dict(image_size=IMAGE),
       optim=dict(name="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, lr_decay=0.1,
-                 lr_decay_epochs=(100,))))
+                 lr_decay_epochs=(100,)))
+
+
+def configured(**sections):
+  """configs/default.py with each section's given fields replaced."""
+  cfg = default.get_config()
+  for name, fields in sections.items():
+    cfg[name].update(fields)
+  return cfg
 
 
 def build(cfg, axis_name="batch"):

@@ -40,9 +40,9 @@ import numpy as np
 
 from aprn_jax import checkpoints, evaluate, models, train_state, trainer
 from aprn_jax import data as data_lib
-from aprn_jax.files import write_json
 from aprn_jax.analysis import embedding_analyses, figures, landmark_probe, noise_test
 from aprn_jax.evaluation.benchmarks import pose_analyses
+from input_pipeline import files
 
 
 def saved_discriminator(phase, step):
@@ -183,6 +183,6 @@ def analyse(config, data, workdir, step=None):
              for p in phases}
   print(table(results), flush=True)
   if jax.process_index() == 0:
-    os.makedirs(out_dir, exist_ok=True)
-    write_json(os.path.join(out_dir, "analysis.json"), results)
+    files.makedirs(out_dir, exist_ok=True)
+    files.write_json(os.path.join(out_dir, "analysis.json"), results)
   return results

@@ -7,13 +7,14 @@
 - `tsne_png`: the Fig. 2 picture: identities by colour, frontal as dots, profile as circles.
 """
 import colorsys
-import pathlib
+import os
 
 import numpy as np
 import threadpoolctl
 from PIL import Image, ImageDraw
 from sklearn import manifold, svm
 
+from aprn_jax.analysis import figures
 from aprn_jax.evaluation import embeddings as embeddings_lib
 
 
@@ -84,8 +85,8 @@ def tsne_png(embeddings, labels, is_profile, path, num_identities=10, seed=0,
   Each identity has its own colour; frontal images are filled dots, profile images open
   circles. Returns the indices of the drawn images and their 2-D t-SNE coordinates.
   """
-  path = pathlib.Path(path)
-  if path.suffix.lower() != ".png":
+  path = os.fspath(path)
+  if os.path.splitext(path)[1].lower() != ".png":
     raise ValueError(f"{path}: the t-SNE picture must be a .png file")
   embeddings = embeddings_lib.l2_normalize(embeddings)
   labels = _check_per_image("labels", labels, len(embeddings))
@@ -124,6 +125,5 @@ def tsne_png(embeddings, labels, is_profile, path, num_identities=10, seed=0,
       draw.ellipse(box, fill=colours[c])
   draw.text((10, 10), f"t-SNE, {num_identities} identities: dots frontal, circles profile",
             fill="black")
-  path.parent.mkdir(parents=True, exist_ok=True)
-  image.save(path, format="PNG")
+  figures.save_png(image, path)
   return indices, points

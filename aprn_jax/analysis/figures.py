@@ -7,12 +7,14 @@ A baseline whose maps hold pose puts red on green; an APRN whose maps do not, re
 `overlay_png` draws a row of tiles, `contact_sheet_png` a grid (faces by yaw).
 
 `line_png`: curves with optional 95% bands (ROC curves, rank-1 by yaw, training curves).
+Every picture is written through input_pipeline/files.py (any filesystem it serves).
 """
-import pathlib
+import os
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from input_pipeline import files
 from input_pipeline import landmarks as landmarks_lib
 
 CAPTION = 16  # pixels of the title strip above the tiles
@@ -43,7 +45,6 @@ def overlay_png(images, truth, predicted, mean_face, path, *, tile=192, title=""
   images: (N, S, S, 3) float in [-1, 1]; truth, predicted: (N, M, 2) and mean_face (M, 2),
   normalised [-1, 1] over the image (x, y).
   """
-  path = pathlib.Path(path)
   size = overlay_size(len(images), tile)
   canvas = Image.new("RGB", size, "white")
   draw = ImageDraw.Draw(canvas)
@@ -51,8 +52,7 @@ def overlay_png(images, truth, predicted, mean_face, path, *, tile=192, title=""
     layers = (("mean_face", mean_face), ("truth", truth[i]), ("predicted", predicted[i]))
     _tile(canvas, draw, image, layers, i * tile, CAPTION, tile)
   draw.text((4, 2), f"{title}  red: predicted, green: truth, yellow: mean face", fill="black")
-  path.parent.mkdir(parents=True, exist_ok=True)
-  canvas.save(path, format="PNG")
+  save_png(canvas, path)
   return size
 
 
@@ -68,7 +68,6 @@ def contact_sheet_png(images, predicted, mean_face, path, *, column_titles, tile
 
   images: (R, C, S, S, 3) float in [-1, 1]; predicted: (R, C, M, 2); mean_face (M, 2).
   """
-  path = pathlib.Path(path)
   rows, columns = np.shape(images)[:2]
   size = contact_sheet_size(rows, columns, tile)
   canvas = Image.new("RGB", size, "white")
@@ -80,9 +79,30 @@ def contact_sheet_png(images, predicted, mean_face, path, *, column_titles, tile
   draw.text((4, 2), f"{title}  red: predicted, yellow: mean face", fill="black")
   for c, text in enumerate(column_titles):
     draw.text((c * tile + 4, CAPTION + 2), str(text), fill="black")
-  path.parent.mkdir(parents=True, exist_ok=True)
-  canvas.save(path, format="PNG")
+  save_png(canvas, path)
   return size
+
+
+def _parent_made(path):
+  folder = os.path.dirname(os.fspath(path))
+  if folder:
+    files.makedirs(folder, exist_ok=True)
+
+
+def save_png(image, path):
+  """Writes the PIL image `image` as a PNG at `path`, its folder made if missing."""
+  _parent_made(path)
+  with files.open(path, "wb") as f:
+    image.save(f, format="PNG")
+
+
+def save_figure(fig, path, dpi=110):
+  """Writes the matplotlib figure `fig` at `path` (its format from the extension, as
+  savefig(path) picks it), its folder made if missing."""
+  _parent_made(path)
+  extension = os.path.splitext(os.fspath(path))[1][1:].lower()
+  with files.open(path, "wb") as f:
+    fig.savefig(f, format=extension or None, dpi=dpi)
 
 
 def pyplot():
@@ -118,7 +138,6 @@ def line_png(path, series, *, xlabel, ylabel, title="", logx=False, xticks=None,
   fig, ax = plt.subplots(figsize=size)
   draw_lines(ax, series, xlabel=xlabel, ylabel=ylabel, title=title, logx=logx, xticks=xticks)
   fig.subplots_adjust(left=0.12, right=0.97, bottom=0.12, top=0.93)  # tight_layout's, cheaper
-  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=110)
+  save_figure(fig, path, dpi=110)
   plt.close(fig)
   return path

@@ -32,8 +32,8 @@ import numpy as np
 import optax
 import tensorflow as tf
 
-from aprn_jax import console, inference, losses, models
-from input_pipeline import preprocess
+from aprn_jax import inference, losses, models
+from input_pipeline import console, preprocess
 from input_pipeline.readers import cfp, images as images_lib
 
 
@@ -94,8 +94,8 @@ def make_probes(config, num_landmarks, taps):
   for tap in taps:
     tap_config = ml_collections.ConfigDict(config.to_dict())
     tap_config.aprn.tap = tap
-    if config.aprn.get("d_widths"):
-      tap_config.aprn.d_widths = models.table_widths(config.model.backbone, tap,
+    if config.aprn.d_widths:
+      tap_config.aprn.d_widths = models.table_widths(config.model, tap,
                                                      config.aprn.d_widths[-1])
     probes.append((tap, models.make_models(tap_config, num_classes=1,
                                            num_landmarks=num_landmarks)[1]))

@@ -24,9 +24,9 @@ import os
 
 import numpy as np
 
-from aprn_jax import console, inference
+from aprn_jax import inference
 from aprn_jax.evaluation import embeddings as embeddings_lib
-from input_pipeline import preprocess
+from input_pipeline import console, preprocess
 from input_pipeline.readers import images as images_lib
 
 

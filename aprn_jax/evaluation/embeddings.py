@@ -8,12 +8,12 @@ Every evaluation protocol in this package takes L2-normalised embeddings, which 
 as insightface evaluates, which makes the embedding invariant to a horizontal flip.
 """
 import json
-import pathlib
+import os
 import sys
 
 import numpy as np
 
-from aprn_jax import console
+from input_pipeline import console, files
 
 # Largest deviation of an embedding's norm from 1 that the evaluation code accepts.
 UNIT_NORM_TOLERANCE = 1e-3
@@ -126,10 +126,11 @@ def extract(embed_fn, images, batch_size, flip=True, progress_every_s=10.0):
 
 
 def _paths(path):
-  path = pathlib.Path(path)
-  if path.suffix != ".npy":
+  path = os.fspath(path)
+  root, suffix = os.path.splitext(path)
+  if suffix != ".npy":
     raise ValueError(f"{path}: embedding files must end in .npy")
-  return path, path.with_suffix(".json")
+  return path, root + ".json"
 
 
 def save(path, embeddings, **meta):
@@ -139,16 +140,24 @@ def save(path, embeddings, **meta):
     meta_text = json.dumps(meta, indent=2, sort_keys=True)
   except TypeError as e:
     raise ValueError(f"{json_path}: metadata is not JSON-serialisable: {e}") from e
-  npy_path.parent.mkdir(parents=True, exist_ok=True)
-  np.save(npy_path, np.asarray(embeddings))
-  json_path.write_text(meta_text + "\n")
+  folder = os.path.dirname(npy_path)
+  if folder:
+    files.makedirs(folder, exist_ok=True)
+  with files.open(npy_path, "wb") as f:
+    np.save(f, np.asarray(embeddings))
+  with files.open(json_path, "w") as f:
+    f.write(meta_text + "\n")
 
 
 def load(path):
   """(embeddings, meta) saved by `save`; meta is {} when there is no .json beside the .npy."""
   npy_path, json_path = _paths(path)
-  if not npy_path.is_file():
+  if not files.isfile(npy_path):
     raise FileNotFoundError(f"{npy_path}: no such embedding file")
-  embeddings = np.load(npy_path)
-  meta = json.loads(json_path.read_text()) if json_path.is_file() else {}
+  with files.open(npy_path, "rb") as f:
+    embeddings = np.load(f)
+  meta = {}
+  if files.isfile(json_path):
+    with files.open(json_path) as f:
+      meta = json.loads(f.read())
   return embeddings, meta

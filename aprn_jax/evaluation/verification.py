@@ -21,23 +21,12 @@ import dataclasses
 import numpy as np
 
 from aprn_jax.evaluation import embeddings as embeddings_lib
+from input_pipeline.readers import folds
 
 THRESHOLDS = np.arange(0.0, 4.0, 0.01)
 DEFAULT_FARS = (1e-3,)
-
-
-def contiguous_folds(num_pairs, num_folds=10):
-  """Fold id per pair for contiguous folds, as sklearn KFold(n_splits, shuffle=False).
-
-  The first num_pairs % num_folds folds hold one pair more than the others.
-  """
-  if num_folds < 2 or num_pairs < num_folds:
-    raise ValueError(
-        f"contiguous_folds: need 2 <= num_folds <= num_pairs, got num_folds={num_folds}, "
-        f"num_pairs={num_pairs}")
-  sizes = np.full(num_folds, num_pairs // num_folds)
-  sizes[:num_pairs % num_folds] += 1
-  return np.repeat(np.arange(num_folds), sizes)
+# insightface's contiguous folds live with the pair readers (input_pipeline/readers/folds.py).
+contiguous_folds = folds.contiguous_folds
 
 
 def squared_distances(embeddings1, embeddings2):

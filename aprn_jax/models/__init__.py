@@ -3,17 +3,65 @@
 R and D are separate Flax modules with separate parameter trees: D is dropped at inference,
 so the deployed network is exactly R's backbone.
 """
-from typing import Any
+import dataclasses
+from typing import Callable, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aprn_jax.models import casia_net, discriminator, heads, resnet
+from aprn_jax.models import casia_net, discriminator, heads, layers, resnet
 
-BACKBONES = ("resnet", "casia_net")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+D_POOLS = ("table", "max", "none")  # config.aprn.d_pool: the backbone's table, or either
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+  """A backbone family in the BACKBONES table: how to build it and where D goes on it.
+
+  build(model_cfg, *, dtype, axis_name, layer_forms) -> a module whose
+  `__call__(images, train)` returns (embedding, {tap name: feature map}).
+  """
+  build: Callable[..., nn.Module]
+  taps: Tuple[str, ...]          # the maps D may sit on (config.aprn.tap), shallow to deep
+  last_tap: str                  # the last map: D's widths end at its channels, D reaches its size
+  d_widths: Callable[[str, int], Tuple[int, ...]]  # (tap, last channels) -> D's conv widths
+  d_pool: bool                   # D's 3x3/2 max-pool before its dense layer, by the table
+
+
+def _resnet(model_cfg, **common):
+  stage_sizes = tuple(model_cfg.stage_sizes) or resnet.STAGE_SIZES.get(model_cfg.depth)
+  if not stage_sizes:
+    raise ValueError(f"config.model.depth={model_cfg.depth!r} is not a bottleneck ResNet; "
+                     f"choose one of (50, 101, 152) or set config.model.stage_sizes")
+  return resnet.ResNet(stage_sizes=stage_sizes, width=model_cfg.width,
+                       embedding_dim=model_cfg.embedding_dim, **common)
+
+
+def _casia_net(model_cfg, **common):
+  """CASIA-Net's embedding is its last convolution's average-pooled map, so
+  config.model.embedding_dim is that convolution's width (the paper's: 320)."""
+  widths = tuple(map(tuple, model_cfg.block_widths))
+  if not widths:
+    widths = casia_net.BLOCK_WIDTHS[:-1] + ((casia_net.BLOCK_WIDTHS[-1][0],
+                                             model_cfg.embedding_dim),)
+  elif widths[-1][-1] != model_cfg.embedding_dim:
+    raise ValueError(f"config.model.block_widths ends at {widths[-1][-1]} channels but "
+                     f"config.model.embedding_dim={model_cfg.embedding_dim}: CASIA-Net's "
+                     f"embedding is its last convolution's pooled map; make them equal")
+  return casia_net.CasiaNet(block_widths=widths, **common)
+
+
+# Adding a backbone: a module file and one entry here (or `BACKBONES[name] = Backbone(...)`).
+BACKBONES = {
+    "resnet": Backbone(_resnet, resnet.TAPS, "stage4", discriminator.resnet_widths,
+                       d_pool=True),                       # Table 1
+    "casia_net": Backbone(_casia_net, casia_net.TAPS, "last_conv",
+                          lambda tap, last: (last,) * 3,   # Table 4: three Conv3x3x320
+                          d_pool=False),
+}
 
 
 class Recognizer(nn.Module):
@@ -39,32 +87,29 @@ def _choice(value, allowed, option):
   return value
 
 
+def backbone_entry(model_cfg):
+  """The BACKBONES entry of config.model.backbone."""
+  return BACKBONES[_choice(model_cfg.backbone, BACKBONES, "config.model.backbone")]
+
+
+def _common(model_cfg, axis_name):
+  """The fields every backbone and D take from config.model."""
+  return dict(dtype=DTYPES[_choice(model_cfg.dtype, DTYPES, "config.model.dtype")],
+              axis_name=axis_name, layer_forms=layers.check_forms(model_cfg.layer_forms))
+
+
 def make_backbone(model_cfg, axis_name=None):
-  name = _choice(model_cfg.backbone, BACKBONES, "config.model.backbone")
-  dtype = DTYPES[_choice(model_cfg.get("dtype", "float32"), DTYPES, "config.model.dtype")]
-  if name == "resnet":
-    stage_sizes = model_cfg.get("stage_sizes") or resnet.STAGE_SIZES.get(model_cfg.depth)
-    if not stage_sizes:
-      raise ValueError(f"config.model.depth={model_cfg.depth!r} is not a bottleneck ResNet; "
-                       f"choose one of (50, 101, 152) or set config.model.stage_sizes")
-    return resnet.ResNet(stage_sizes=tuple(stage_sizes), width=model_cfg.get("width", 64),
-                         embedding_dim=model_cfg.embedding_dim, dtype=dtype,
-                         axis_name=axis_name)
-  widths = model_cfg.get("block_widths") or casia_net.BLOCK_WIDTHS
-  return casia_net.CasiaNet(block_widths=tuple(map(tuple, widths)), dtype=dtype,
-                            axis_name=axis_name)
+  return backbone_entry(model_cfg).build(model_cfg, **_common(model_cfg, axis_name))
 
 
 def tap_names(model_cfg):
-  return resnet.TAPS if model_cfg.backbone == "resnet" else casia_net.TAPS
+  return backbone_entry(model_cfg).taps
 
 
-def table_widths(backbone, tap, last_width):
-  """D's widths on `tap` by Table 1 (ResNet) or Table 4 (CASIA-Net), ending at `last_width`
-  (the paper's: the channels of the backbone's last map)."""
-  if backbone == "resnet":
-    return discriminator.resnet_widths(tap, last_width)
-  return (last_width,) * 3  # Table 4: three Conv3x3x320.
+def table_widths(model_cfg, tap, last_width):
+  """D's widths on `tap` by the backbone's table (Table 1 ResNet, Table 4 CASIA-Net), ending
+  at `last_width` (the paper's: the channels of the backbone's last map)."""
+  return tuple(backbone_entry(model_cfg).d_widths(tap, last_width))
 
 
 def make_models(config, *, num_classes, num_landmarks, mean_face=None, axis_name=None):
@@ -75,23 +120,22 @@ def make_models(config, *, num_classes, num_landmarks, mean_face=None, axis_name
   """
   model_cfg, aprn_cfg = config.model, config.aprn
   backbone = make_backbone(model_cfg, axis_name)
-  head = heads.make_head(model_cfg.head, num_classes, s=model_cfg.get("s", 64.0),
-                         m=model_cfg.get("m", 0.5), m1=model_cfg.get("m1", 1.0),
-                         m2=model_cfg.get("m2", 0.0), m3=model_cfg.get("m3", 0.0),
-                         classifier=model_cfg.get("classifier", "dense"),
-                         sample_rate=model_cfg.get("sample_rate", 1.0))
+  head = heads.make_head(model_cfg.head, num_classes, s=model_cfg.s, m=model_cfg.m,
+                         m1=model_cfg.m1, m2=model_cfg.m2, m3=model_cfg.m3,
+                         classifier=model_cfg.classifier, sample_rate=model_cfg.sample_rate)
   recognizer = Recognizer(backbone=backbone, head=head)
 
   tap = _choice(aprn_cfg.tap, tap_names(model_cfg), "config.aprn.tap")
   size = config.data.image_size
   _, taps = jax.eval_shape(lambda x: backbone.init_with_output(jax.random.key(0), x, False)[0],
                            jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
-  last = taps["stage4" if model_cfg.backbone == "resnet" else "last_conv"].shape
-  widths = tuple(aprn_cfg.get("d_widths") or table_widths(model_cfg.backbone, tap, last[-1]))
+  entry = backbone_entry(model_cfg)
+  last = taps[entry.last_tap].shape
+  widths = tuple(aprn_cfg.d_widths) or table_widths(model_cfg, tap, last[-1])
+  pool = _choice(aprn_cfg.d_pool, D_POOLS, "config.aprn.d_pool")
   disc = discriminator.PoseDiscriminator(
       widths=widths, num_landmarks=num_landmarks, target_size=last[1],
-      pool=aprn_cfg.get("d_pool", model_cfg.backbone == "resnet"),
+      pool=entry.d_pool if pool == "table" else pool == "max",
       mean_face=None if mean_face is None else tuple(map(tuple, np.asarray(mean_face).tolist())),
-      dtype=backbone.dtype,
-      axis_name=axis_name)
+      **_common(model_cfg, axis_name))
   return recognizer, disc

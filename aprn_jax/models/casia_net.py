@@ -23,12 +23,13 @@ class CasiaNet(nn.Module):
   dtype: Any = jnp.float32
   bn_momentum: float = 0.9
   axis_name: Any = None
+  layer_forms: str = "fast"  # layers.FORMS
 
   @nn.compact
   def __call__(self, x, train: bool):
-    conv = functools.partial(layers.Conv, kernel_size=(3, 3), dtype=self.dtype)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=self.bn_momentum, epsilon=1e-5, dtype=self.dtype,
+    conv = functools.partial(layers.Conv, kernel_size=(3, 3), dtype=self.dtype,
+                             forms=self.layer_forms)
+    norm = layers.batch_norm(train, momentum=self.bn_momentum, dtype=self.dtype,
                              axis_name=self.axis_name)
     taps = {}
     last = len(self.block_widths) - 1
@@ -38,6 +39,6 @@ class CasiaNet(nn.Module):
         x = nn.relu(norm(name=f"bn{i + 1}{j + 1}")(x))
       taps[f"block{i + 1}"] = x
       if i < last:
-        x = layers.max_pool(x, (2, 2), (2, 2))
+        x = layers.max_pool(x, (2, 2), (2, 2), forms=self.layer_forms)
     taps["last_conv"] = x
     return jnp.mean(x, axis=(1, 2)), taps

@@ -22,7 +22,6 @@ face and its kernel is flax's default scaled by `output_kernel_scale` (0.01), so
 answers (almost) the mean face: its L1 starts at the mean face's, not at the 1.0 or more of a
 random regressor, and the adversarial gradient it sends to R starts small.
 """
-import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -42,19 +41,19 @@ class PoseDiscriminator(nn.Module):
   dtype: Any = jnp.float32
   bn_momentum: float = 0.9
   axis_name: Any = None
+  layer_forms: str = "fast"  # layers.FORMS
 
   @nn.compact
   def __call__(self, x, train: bool):
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=self.bn_momentum, epsilon=1e-5, dtype=self.dtype,
+    norm = layers.batch_norm(train, momentum=self.bn_momentum, dtype=self.dtype,
                              axis_name=self.axis_name)
     for i, width in enumerate(self.widths):
       stride = 2 if x.shape[1] > self.target_size else 1
       x = layers.Conv(width, (3, 3), (stride, stride), ((1, 1), (1, 1)), dtype=self.dtype,
-                      name=f"conv{i + 1}")(x)
+                      forms=self.layer_forms, name=f"conv{i + 1}")(x)
       x = nn.relu(norm(name=f"bn{i + 1}")(x))
     if self.pool:
-      x = layers.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
+      x = layers.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)), self.layer_forms)
     x = x.reshape((x.shape[0], -1))
     x = nn.Dense(2 * self.num_landmarks, dtype=self.dtype, name="landmarks",
                  kernel_init=_scaled(nn.initializers.lecun_normal(), self.output_kernel_scale),

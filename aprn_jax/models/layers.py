@@ -13,6 +13,11 @@ measured against `lax.conv_general_dilated`, forward + backward, by benchmarks/l
 None of these multiplies a padding tap, so XLA's FLOP count is the convolution's. On GPUs and
 TPUs `Conv` is `lax.conv_general_dilated` throughout.
 
+Which forms a model uses is its `layer_forms` field (FORMS), set from config.model.layer_forms:
+`fast` the above; `flax` exactly what flax's layers compile to, on CPU too (benchmarks compare
+the two); `portable` flax's convolution and a max-pool written as an explicit -inf pad and a
+VALID pool, the same values in a form every runtime takes (the ONNX export, aprn_jax/export.py).
+
 `max_pool` is `nn.max_pool` with, on CPU, a hand-written gradient. XLA:CPU lowers max-pool's
 gradient (select-and-scatter) to an argmax over windows with four index arrays and a
 scatter, a fifth of the default config's baseline step. Here the gradient goes, as in XLA's
@@ -27,16 +32,35 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-# False compiles exactly what flax's layers compile to, on CPU too (benchmarks compare both).
-CPU_FORMS = True
+FORMS = ("fast", "flax", "portable")
 # On CPU: output maps of at most this many pixels take one matrix product per output pixel,
 SMALL_MAP_PIXELS = 4
 # and kernels with at least this many weights per tap one matrix product per tap.
 LARGE_TAP_WEIGHTS = 1024 * 1024
 
 
-def _on_cpu():
-  return CPU_FORMS and jax.default_backend() == "cpu"
+def check_forms(forms):
+  if forms not in FORMS:
+    raise ValueError(f"config.model.layer_forms={forms!r} is not allowed; choose one of {FORMS}")
+  return forms
+
+
+def _cpu_forms(forms):
+  return check_forms(forms) == "fast" and jax.default_backend() == "cpu"
+
+
+def batch_norm(train, *, momentum, dtype, axis_name):
+  """The BatchNorm of every network here (a partial of `nn.BatchNorm`, eps 1e-5).
+
+  The variance is the mean of squared deviations from the mean, not E[x^2] - E[x]^2 (flax's
+  default): on a channel whose mean is large next to its spread the difference form cancels
+  catastrophically, and its rounding then depends on the order of the cross-device sums. With
+  it, the tiny config's first update differed by 4% in stem_bn's bias between 1 process x 4
+  devices and 2 processes x 2 devices; with this form the two agree to 2e-7
+  (tests/test_multiprocess.py)."""
+  return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=momentum,
+                           epsilon=1e-5, dtype=dtype, axis_name=axis_name,
+                           use_fast_variance=False)
 
 
 def _pads(spatial, window, strides, padding):
@@ -110,6 +134,7 @@ class Conv(nn.Module):
   strides: Sequence[int] = (1, 1)
   padding: Union[str, Sequence[Tuple[int, int]]] = "SAME"
   dtype: Any = jnp.float32
+  forms: str = "fast"  # FORMS
 
   @nn.compact
   def __call__(self, x):
@@ -120,7 +145,7 @@ class Conv(nn.Module):
     pads = _pads(x.shape[1:3], window, strides, self.padding)
     out_shape = tuple((size + lo + hi - k) // s + 1
                       for size, (lo, hi), k, s in zip(x.shape[1:3], pads, window, strides))
-    if _on_cpu():
+    if _cpu_forms(self.forms):
       if window == (1, 1) and pads == ((0, 0), (0, 0)):
         return _dot(x[:, ::strides[0], ::strides[1]], kernel[0, 0]).astype(x.dtype)
       if out_shape[0] * out_shape[1] <= SMALL_MAP_PIXELS:
@@ -131,12 +156,16 @@ class Conv(nn.Module):
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def max_pool(x, window, strides, padding="VALID"):
-  """`nn.max_pool(x, window, strides, padding)` on NHWC maps, with a fast gradient."""
+def max_pool(x, window, strides, padding="VALID", forms="fast"):
+  """`nn.max_pool(x, window, strides, padding)` on NHWC maps, in the form `forms` (FORMS)."""
   window, strides = tuple(window), tuple(strides)
-  if not _on_cpu():
-    return nn.max_pool(x, window, strides, padding)
-  return _max_pool(x, window, strides, _pads(x.shape[1:3], window, strides, padding))
+  if _cpu_forms(forms):
+    return _max_pool(x, window, strides, _pads(x.shape[1:3], window, strides, padding))
+  if forms == "portable":  # jax2onnx's max_pool takes padding as a string only
+    pads = _pads(x.shape[1:3], window, strides, padding)
+    x = jnp.pad(x, ((0, 0),) + pads + ((0, 0),), constant_values=-jnp.inf)
+    return nn.max_pool(x, window_shape=window, strides=strides, padding="VALID")
+  return nn.max_pool(x, window, strides, padding)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))

@@ -63,17 +63,17 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   bn_momentum: float = 0.9
   axis_name: Any = None  # set to the pmap axis to synchronise BatchNorm statistics.
+  layer_forms: str = "fast"  # layers.FORMS
 
   @nn.compact
   def __call__(self, x, train: bool):
-    conv = functools.partial(layers.Conv, dtype=self.dtype)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=self.bn_momentum, epsilon=1e-5, dtype=self.dtype,
+    conv = functools.partial(layers.Conv, dtype=self.dtype, forms=self.layer_forms)
+    norm = layers.batch_norm(train, momentum=self.bn_momentum, dtype=self.dtype,
                              axis_name=self.axis_name)
     taps = {}
     x = conv(self.width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name="stem_conv")(x)
     x = nn.relu(norm(name="stem_bn")(x))
-    x = layers.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
+    x = layers.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)), self.layer_forms)
     taps["stem"] = x
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):

@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from input_pipeline import files
 from input_pipeline.readers import images
 
 PROTOCOLS = ("FF", "FP")
@@ -57,7 +58,7 @@ def read_cfp(root, protocol):
   """The CFP-FF or CFP-FP pairs (`protocol` 'FF' or 'FP') of the CFP tree at `root`."""
   if protocol not in PROTOCOLS:
     raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-  root = os.path.abspath(root)
+  root = files.abspath(root)
   protocol_dir = os.path.join(root, "Protocol")
   frontal_file = os.path.join(protocol_dir, "Pair_list_F.txt")
   profile_file = os.path.join(protocol_dir, "Pair_list_P.txt")
@@ -92,4 +93,4 @@ def read_cfp(root, protocol):
       is_same=np.array([same for _, _, same, _ in pairs], bool),
       fold=np.array([fold for _, _, _, fold in pairs], np.int32),
       landmarks=(images.read_landmarks_csv(landmarks_file, paths)
-                 if os.path.isfile(landmarks_file) else None))
+                 if files.isfile(landmarks_file) else None))

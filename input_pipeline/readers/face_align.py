@@ -9,10 +9,11 @@ convention of the IJB-B/C landmark files); matrices are 2x3, `[A | t]`, mapping 
 the source to A p + t in the output.
 """
 import concurrent.futures
-import os
 
 import numpy as np
 from PIL import Image
+
+from input_pipeline import files
 
 ARCFACE_SIZE = 112
 ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
@@ -76,10 +77,10 @@ def align(image, points, size):
 
 
 def _load_aligned(path, points, size):
-  if not os.path.isfile(path):
+  if not files.isfile(path):
     raise FileNotFoundError(f"image file not found: {path}")
   try:
-    with Image.open(path) as file:
+    with files.open(path, "rb") as f, Image.open(f) as file:
       image = np.asarray(file.convert("RGB"))
   except (OSError, SyntaxError, ValueError) as error:
     raise ValueError(f"cannot decode image file {path}: {error}") from None

@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 
+from input_pipeline import files
 from input_pipeline.readers import images
 
 NUM_SPLITS = 10
@@ -60,8 +61,8 @@ def _columns(header):
 
 def read_split(protocol_root, split, image_root):
   """Split `split` (1-based) of the IJB-A protocol under `protocol_root`."""
-  folder = os.path.join(os.path.abspath(protocol_root), f"split{split}")
-  image_root = os.path.abspath(image_root)
+  folder = os.path.join(files.abspath(protocol_root), f"split{split}")
+  image_root = files.abspath(image_root)
   metadata_file = os.path.join(folder, f"verify_metadata_{split}.csv")
   comparisons_file = os.path.join(folder, f"verify_comparisons_{split}.csv")
 

@@ -17,6 +17,7 @@ import warnings
 
 import numpy as np
 
+from input_pipeline import files
 from input_pipeline.readers import images
 
 TARGETS = ("ijbb", "ijbc")
@@ -43,12 +44,12 @@ class IJBCProtocol:
 
 def meta_file(root, target, kind):
   """The path of `<root>/meta/<target>_<kind>.txt`."""
-  return os.path.join(os.path.abspath(root), "meta", f"{target}_{kind}.txt")
+  return os.path.join(files.abspath(root), "meta", f"{target}_{kind}.txt")
 
 
 def _lines(path):
   """Yields the non-blank lines of a file as Rows, one at a time."""
-  with open(path, encoding="utf-8") as lines:
+  with files.open(path, encoding="utf-8") as lines:
     for line_number, line in enumerate(lines, 1):
       if line.split():
         yield images.Row(path, line_number, line.split())
@@ -61,12 +62,13 @@ def _row(path, index):
 
 def _read_pairs(path):
   """int64 (C, 3) rows `tid1 tid2 label` of the pair list."""
-  if not os.path.isfile(path):
+  if not files.isfile(path):
     raise FileNotFoundError(f"protocol file not found: {path}")
   try:
     with warnings.catch_warnings():  # an empty file warns; it is refused below
       warnings.simplefilter("ignore", UserWarning)
-      table = np.loadtxt(path, dtype=np.int64, ndmin=2, comments=None)
+      with files.open(path, encoding="utf-8") as lines:
+        table = np.loadtxt(lines, dtype=np.int64, ndmin=2, comments=None)
   except ValueError:
     table = None
   if table is None or (table.size and table.shape[1] != 3):
@@ -90,7 +92,7 @@ def read_ijbc(root, target="ijbc"):
   """IJBCProtocol of `target` (`ijbb` or `ijbc`) under `root`; every listed image must exist."""
   if target not in TARGETS:
     raise ValueError(f"IJB target {target!r}: expected one of {TARGETS}")
-  image_root = os.path.join(os.path.abspath(root), "loose_crop")
+  image_root = os.path.join(files.abspath(root), "loose_crop")
   media_file = meta_file(root, target, "face_tid_mid")
   points_file = meta_file(root, target, "name_5pts_score")
   pairs_file = meta_file(root, target, "template_pair_label")

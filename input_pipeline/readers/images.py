@@ -17,6 +17,7 @@ header, paths relative to the CSV's folder, pixel coordinates of the image file
 Protocol tables: errors name the file and the 1-based line (`path:line: message`).
 """
 import concurrent.futures
+import contextlib
 import dataclasses
 import io
 import math
@@ -26,6 +27,7 @@ import numpy as np
 from PIL import Image
 import simplejpeg
 
+from input_pipeline import files
 from input_pipeline import landmarks as landmarks_lib
 
 
@@ -61,10 +63,10 @@ def read_rows(path, num_fields=None, separator=None):
   `separator`: None splits on whitespace; otherwise fields are split on it and stripped.
   """
   path = os.fspath(path)
-  if not os.path.isfile(path):
+  if not files.isfile(path):
     raise FileNotFoundError(f"protocol file not found: {path}")
   rows = []
-  with open(path, encoding="utf-8") as lines:
+  with files.open(path, encoding="utf-8") as lines:
     for line_number, line in enumerate(lines, 1):
       if not line.strip():
         continue
@@ -79,8 +81,8 @@ def read_rows(path, num_fields=None, separator=None):
 
 def image_path(row, folder, relative_path):
   """`relative_path` resolved against `folder`; the row's error if no such file exists."""
-  path = os.path.normpath(os.path.join(folder, relative_path))
-  if not os.path.isfile(path):
+  path = files.normpath(os.path.join(folder, relative_path))
+  if not files.isfile(path):
     raise FileNotFoundError(f"{row.path}:{row.line_number}: image not found: {path}")
   return path
 
@@ -90,7 +92,7 @@ def read_landmarks_csv(path, image_paths):
 
   `image_paths` are matched to the CSV's paths after both are made absolute and normalised.
   """
-  folder = os.path.dirname(os.path.abspath(path))
+  folder = os.path.dirname(files.abspath(path))
   rows = read_rows(path, separator=",")
   if not rows:
     raise ValueError(f"{path}: no landmarks")
@@ -103,13 +105,13 @@ def read_landmarks_csv(path, image_paths):
     if len(row.fields) - 1 != num_numbers:
       raise row.error(f"expected a path and {num_numbers} numbers like line "
                       f"{rows[0].line_number}, got {len(row.fields) - 1} numbers")
-    image = os.path.normpath(os.path.join(folder, row.fields[0]))
+    image = files.normpath(os.path.join(folder, row.fields[0]))
     if image in table:
       raise row.error(f"second entry for {row.fields[0]}")
     table[image] = [row.number(i, "coordinate") for i in range(1, num_numbers + 1)]
   points = np.full((len(image_paths), num_numbers), np.nan, np.float32)
   for i, image in enumerate(image_paths):
-    points[i] = table.get(os.path.normpath(os.path.abspath(image)), np.nan)
+    points[i] = table.get(files.normpath(files.abspath(image)), np.nan)
   return points.reshape(len(image_paths), num_numbers // 2, 2)
 
 
@@ -125,8 +127,11 @@ def _decode(source, size, name):
   `name` says what the image is in the error raised when it does not decode.
   """
   try:
-    with Image.open(source) as image:
-      image = image.convert("RGB")
+    with contextlib.ExitStack() as stack:
+      if isinstance(source, (str, os.PathLike)):  # a path: opened through the file layer
+        source = stack.enter_context(files.open(source, "rb"))
+      with Image.open(source) as image:
+        image = image.convert("RGB")
   except (OSError, SyntaxError, ValueError) as error:
     raise ValueError(f"cannot decode {name}: {error}") from None
   left, top, side = _square_box(*image.size)
@@ -138,7 +143,7 @@ def _decode(source, size, name):
 def _load(path, size):
   """(uint8 (size, size, 3) array, (width, height) of the file's image)."""
   path = os.fspath(path)
-  if not os.path.isfile(path):
+  if not files.isfile(path):
     raise FileNotFoundError(f"image file not found: {path}")
   return _decode(path, size, f"image file {path}")
 
@@ -207,9 +212,9 @@ def decode_images(encoded, size, names, num_threads=8):
 def read_file_bytes(path):
   """The bytes of an image file, or FileNotFoundError naming it."""
   path = os.fspath(path)
-  if not os.path.isfile(path):
+  if not files.isfile(path):
     raise FileNotFoundError(f"image file not found: {path}")
-  with open(path, "rb") as f:
+  with files.open(path, "rb") as f:
     return f.read()
 
 

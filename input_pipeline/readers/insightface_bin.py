@@ -27,9 +27,10 @@ import pickle
 import numpy as np
 from PIL import Image
 
-from aprn_jax.evaluation.verification import contiguous_folds  # insightface's KFold
+from input_pipeline import files
 from input_pipeline.readers import cfp
 from input_pipeline.readers import images as images_lib
+from input_pipeline.readers.folds import contiguous_folds  # insightface's KFold
 
 NUM_FOLDS = 10
 FORMATS = ("jpeg", "png")
@@ -95,7 +96,7 @@ def _unpickle(path):
 
   encoding='bytes' changes nothing for Python 3 pickles, so one setting reads both.
   """
-  with open(path, "rb") as f:
+  with files.open(path, "rb") as f:
     try:
       return _PackUnpickler(f, encoding="bytes").load()
     except Exception as error:  # pylint: disable=broad-except
@@ -139,7 +140,7 @@ def _folds(num_pairs, num_folds):
 def _pack_contents(path):
   """(encoded images as bytes, is_same (N,)) of the pack at `path`, its structure checked."""
   path = os.fspath(path)
-  if not os.path.isfile(path):
+  if not files.isfile(path):
     raise FileNotFoundError(f"verification pack not found: {path}")
   contents = _unpickle(path)
   if not isinstance(contents, (tuple, list)) or len(contents) != 2:
@@ -221,6 +222,6 @@ def write_encoded_bin(path, bins, issame):
   issame = [bool(flag) for flag in np.asarray(issame, bool).ravel()]
   if len(bins) != 2 * len(issame):
     raise ValueError(f"{len(bins)} images for {len(issame)} pairs; need 2 per pair")
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "wb") as f:
+  files.makedirs(os.path.dirname(files.abspath(path)), exist_ok=True)
+  with files.open(path, "wb") as f:
     pickle.dump(([bytes(b) for b in bins], issame), f, protocol=4)

@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 
+from input_pipeline import files
 from input_pipeline.readers import cfp
 from input_pipeline.readers import images
 
@@ -38,7 +39,7 @@ def read_lfw(pairs_file, image_root):
   Pairs are in file order; paths are absolute, each once, in order of first appearance.
   """
   pairs_file = os.fspath(pairs_file)
-  image_root = os.path.abspath(image_root)
+  image_root = files.abspath(image_root)
   rows = images.read_rows(pairs_file)
   sets, per_set = _header(rows, pairs_file)
   expected = 2 * sets * per_set
@@ -80,4 +81,4 @@ def read_lfw(pairs_file, image_root):
       is_same=np.array(is_same, bool),
       fold=np.array(fold, np.int32),
       landmarks=(images.read_landmarks_csv(landmarks_file, paths)
-                 if os.path.isfile(landmarks_file) else None))
+                 if files.isfile(landmarks_file) else None))

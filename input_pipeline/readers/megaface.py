@@ -16,6 +16,8 @@ import os
 
 import numpy as np
 
+from input_pipeline import files
+
 CV_32F = 5
 _HEADER = np.dtype("<i4")
 _HEADER_BYTES = 4 * _HEADER.itemsize
@@ -33,10 +35,10 @@ class ProbeList:
 def _read_json(path, keys):
   """The lists under `keys` in the JSON object of `path`, all of one length, of strings."""
   path = os.fspath(path)
-  if not os.path.isfile(path):
+  if not files.isfile(path):
     raise FileNotFoundError(f"list file not found: {path}")
   try:
-    with open(path, encoding="utf-8") as f:
+    with files.open(path, encoding="utf-8") as f:
       contents = json.load(f)
   except (ValueError, UnicodeDecodeError) as error:
     raise ValueError(f"{path}: not a JSON file: {error}") from None
@@ -61,11 +63,11 @@ def _read_json(path, keys):
 
 def _image_paths(list_file, relative_paths, image_root, check_images):
   """Absolute paths under image_root; with check_images, a missing file raises."""
-  image_root = os.path.abspath(image_root)
-  paths = [os.path.normpath(os.path.join(image_root, p)) for p in relative_paths]
+  image_root = files.abspath(image_root)
+  paths = [files.normpath(os.path.join(image_root, p)) for p in relative_paths]
   if check_images:
     for i, path in enumerate(paths):
-      if not os.path.isfile(path):
+      if not files.isfile(path):
         raise FileNotFoundError(f"{list_file}: path[{i}]: image not found: {path}")
   return paths
 
@@ -89,9 +91,9 @@ def read_distractor_list(list_file, image_root, check_images=True):
 def read_feature_file(path):
   """The float32 (rows, cols) matrix of a feature file; header and size must agree."""
   path = os.fspath(path)
-  if not os.path.isfile(path):
+  if not files.isfile(path):
     raise FileNotFoundError(f"feature file not found: {path}")
-  with open(path, "rb") as f:
+  with files.open(path, "rb") as f:
     data = f.read()
   if len(data) < _HEADER_BYTES:
     raise ValueError(f"{path}: {len(data)} bytes, shorter than the {_HEADER_BYTES}-byte "
@@ -117,8 +119,8 @@ def write_feature_file(path, matrix):
   if matrix.ndim != 2:
     raise ValueError(f"matrix: expected 1 or 2 dimensions, got shape {matrix.shape}")
   rows, cols = matrix.shape
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "wb") as f:
+  files.makedirs(os.path.dirname(files.abspath(path)), exist_ok=True)
+  with files.open(path, "wb") as f:
     f.write(np.array([rows, cols, cols * _FLOAT.itemsize, CV_32F], _HEADER).tobytes())
     f.write(np.ascontiguousarray(matrix).tobytes())
 

@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+from input_pipeline import files
 from input_pipeline.readers import images
 
 
@@ -38,7 +39,7 @@ def read_multipie(root, yaw_bin_width: int = 15):
   """The gallery and probe lists of the tree at `root`."""
   if yaw_bin_width <= 0:
     raise ValueError(f"yaw_bin_width must be positive, got {yaw_bin_width}")
-  root = os.path.abspath(root)
+  root = files.abspath(root)
   gallery_rows = images.read_rows(os.path.join(root, "gallery.txt"), num_fields=2)
   probe_rows = images.read_rows(os.path.join(root, "probe.txt"), num_fields=3)
   gallery_subjects = [row.integer(1, "subject_id") for row in gallery_rows]

@@ -45,7 +45,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from aprn_jax import console
+from input_pipeline import console, files
 from input_pipeline import landmarks as landmarks_lib
 from input_pipeline import local_build, mean_face
 from input_pipeline import recordio
@@ -110,7 +110,7 @@ def make_config(image_size=DEFAULT_IMAGE_SIZE, skip_bad=False,
 
 def source_tag(manual_dir):
   """A short digest of the folder's absolute path, for `make_config(tag=...)`."""
-  return hashlib.sha1(os.path.abspath(manual_dir).encode()).hexdigest()[:10]
+  return hashlib.sha1(files.abspath(manual_dir).encode()).hexdigest()[:10]
 
 
 BUILDER_CONFIGS = (make_config(),)
@@ -225,7 +225,7 @@ class RealFacesBuilder(local_build.LocalBuild, tfds.core.GeneratorBasedBuilder):
       folder = os.fspath(dl_manager.manual_dir)
     except AssertionError as error:
       raise ValueError(f"{self.name}: {error}") from None
-    if not os.path.isdir(folder):
+    if not files.isdir(folder):
       raise ValueError(f"{self.name}: manual_dir {folder} is not a folder")
     return folder
 
@@ -282,8 +282,8 @@ class RealFacesBuilder(local_build.LocalBuild, tfds.core.GeneratorBasedBuilder):
   def _finish(self, what, plan, skipped, per_label, frontal_sum, frontal_count, progress):
     """Writes skipped.txt and the mean face; reports the counts."""
     config = self.builder_config
-    os.makedirs(self.data_dir, exist_ok=True)
-    with open(os.path.join(self.data_dir, SKIPPED_FILE), "w", encoding="utf-8") as f:
+    files.makedirs(self.data_dir, exist_ok=True)
+    with files.open(os.path.join(self.data_dir, SKIPPED_FILE), "w", encoding="utf-8") as f:
       f.writelines(f"{problem}\n" for problem in skipped)
     kept = int(per_label.sum())
     if not kept:
@@ -295,7 +295,7 @@ class RealFacesBuilder(local_build.LocalBuild, tfds.core.GeneratorBasedBuilder):
     mean_face.write(self.data_dir, (frontal_sum / frontal_count).astype(np.float32))
     # While TFDS prepares, data_dir is a temporary sibling of the final folder,
     # `<parent>/incomplete.XXXXXX_<version>/` (its trailing slash hid it from dirname).
-    final = os.path.join(os.path.dirname(os.path.normpath(self.data_dir)), str(self.version))
+    final = os.path.join(os.path.dirname(files.normpath(self.data_dir)), str(self.version))
     empty = int((per_label == 0).sum())
     _say(f"{what}: wrote {kept} images of {len(plan.names) - empty} identities in "
          f"{progress.elapsed():.1f} s; skipped {len(skipped)}"
@@ -316,7 +316,7 @@ class FaceFolder(RealFacesBuilder):
   def _plan(self, manual_dir):
     skip_bad = self.builder_config.skip_bad
     table = tables.read(manual_dir, tables.path_key)
-    identities = sorted(entry.name for entry in os.scandir(manual_dir)
+    identities = sorted(entry.name for entry in files.scandir(manual_dir)
                         if entry.is_dir() and not entry.name.startswith("."))
     if not identities:
       raise ValueError(f"{manual_dir}: no identity folders (expected "
@@ -324,10 +324,10 @@ class FaceFolder(RealFacesBuilder):
     names, items, skipped, ignored = [], [], [], 0
     for identity in identities:
       folder = os.path.join(manual_dir, identity)
-      files = sorted(entry.name for entry in os.scandir(folder)
+      found = sorted(entry.name for entry in files.scandir(folder)
                      if entry.is_file() and not entry.name.startswith("."))
-      images = [name for name in files if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS]
-      ignored += len(files) - len(images)
+      images = [name for name in found if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS]
+      ignored += len(found) - len(images)
       if not images:
         problem = f"{folder}: identity folder with no image files"
         if not skip_bad:
@@ -346,7 +346,7 @@ class FaceFolder(RealFacesBuilder):
 
   def _read(self, plan, source):
     try:
-      with open(source, "rb") as f:
+      with files.open(source, "rb") as f:
         return f.read(), source
     except OSError as error:
       raise ValueError(f"{source}: cannot read the image file: {error}") from None
@@ -377,7 +377,7 @@ class InsightfaceRec(RealFacesBuilder):
     rec_path = os.path.join(manual_dir, "train.rec")
     idx_path = os.path.join(manual_dir, "train.idx")
     for path in (rec_path, idx_path):
-      if not os.path.isfile(path):
+      if not files.isfile(path):
         raise ValueError(f"{path} not found: insightface_rec reads <manual_dir>/train.rec "
                          f"and train.idx")
     table = tables.read(manual_dir, tables.index_key)

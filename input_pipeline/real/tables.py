@@ -24,6 +24,7 @@ import posixpath
 
 import numpy as np
 
+from input_pipeline import files
 from input_pipeline import landmarks as landmarks_lib
 from input_pipeline.readers import images as images_lib
 
@@ -108,7 +109,7 @@ def _new_key(row, key_fn, points, problems):
 
 def _read_csv(path, key_fn):
   points, problems, expected = {}, {}, None
-  with open(path, encoding="utf-8") as lines:
+  with files.open(path, encoding="utf-8") as lines:
     for line_number, line in enumerate(lines, 1):
       if not line.strip():
         continue
@@ -126,16 +127,17 @@ def _read_csv(path, key_fn):
 
 def _read_npy(npy_path, keys_path, key_fn):
   try:
-    array = np.load(npy_path, allow_pickle=False)
+    with files.open(npy_path, "rb") as f:
+      array = np.load(f, allow_pickle=False)
   except (OSError, ValueError) as error:
     raise ValueError(f"{npy_path}: not a readable .npy array: {error}") from None
   if (array.ndim != 3 or array.shape[1] not in _COUNTS or array.shape[2] != 2
       or array.dtype.kind not in "fiu"):
     raise ValueError(f"{npy_path}: expected a float (N, 51 or 68, 2) array, got "
                      f"{array.dtype} {array.shape}")
-  if not os.path.isfile(keys_path):
+  if not files.isfile(keys_path):
     raise ValueError(f"{npy_path} needs its keys, one per line, in {keys_path} (not found)")
-  with open(keys_path, encoding="utf-8") as lines:
+  with files.open(keys_path, encoding="utf-8") as lines:
     rows = [images_lib.Row(keys_path, n, [line.strip()])
             for n, line in enumerate(lines, 1) if line.strip()]
   if len(rows) != len(array):
@@ -156,7 +158,7 @@ def read(manual_dir, key_fn):
   """The Table of manual_dir (module docstring); `key_fn` is `path_key` or `index_key`."""
   csv_path = os.path.join(manual_dir, CSV_NAME)
   npy_path = os.path.join(manual_dir, NPY_NAME)
-  has_csv, has_npy = os.path.isfile(csv_path), os.path.isfile(npy_path)
+  has_csv, has_npy = files.isfile(csv_path), files.isfile(npy_path)
   if has_csv and has_npy:
     raise ValueError(f"{manual_dir} holds both {CSV_NAME} and {NPY_NAME}; keep one landmark "
                      f"table")

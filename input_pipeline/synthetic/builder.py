@@ -48,7 +48,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from aprn_jax import console
+from input_pipeline import console
 from input_pipeline import landmarks as landmarks_lib
 from input_pipeline import local_build, mean_face
 from input_pipeline.synthetic import faces, renderer

@@ -6,10 +6,11 @@ Top row: the plain renders; bottom row: the same with the landmarks, visible poi
 self-occluded points red. The views use a frontal light and no pose jitter besides the yaw.
 """
 import argparse
+import os
 
-import numpy as np
 from PIL import Image, ImageDraw
 
+from input_pipeline import files
 from input_pipeline.synthetic import faces, renderer
 
 YAWS = tuple(range(-90, 91, 15))
@@ -45,7 +46,9 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if args.size < 16:
     raise ValueError(f"--size must be at least 16, got {args.size}")
-  contact_sheet(args.seed, args.size).save(args.out)
+  image_format = Image.registered_extensions().get(os.path.splitext(args.out)[1].lower())
+  with files.open(args.out, "wb") as f:  # the format from the extension, as save(path) does
+    contact_sheet(args.seed, args.size).save(f, format=image_format)
   print(f"wrote {args.out}")
 
 

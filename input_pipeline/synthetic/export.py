@@ -48,15 +48,15 @@ written before it existed.
 import argparse
 import json
 import os
-import shutil
 
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from aprn_jax.evaluation import verification
+from input_pipeline import files
 from input_pipeline.readers import cfp
 from input_pipeline.readers import face_align
+from input_pipeline.readers import folds
 from input_pipeline.readers import images as images_lib
 from input_pipeline.readers import insightface_bin
 from input_pipeline.synthetic import builder as builder_lib
@@ -94,23 +94,19 @@ def read_test_images(builder):
 
 def _test_file_name(protocol_root, path):
   """The test-split file name of an absolute path in the protocol tree."""
-  return os.path.relpath(path, protocol_root).replace(os.sep, "/")
+  return files.relpath(path, protocol_root).replace(os.sep, "/")
 
 
 def _write_lines(path, lines):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
+  files.makedirs(os.path.dirname(path), exist_ok=True)
+  with files.open(path, "w", encoding="utf-8") as f:
     f.writelines(line + "\n" for line in lines)
 
 
 def _copy(protocol_root, file_name, destination):
   """The tree's file at `destination`: a hard link where the file system allows, or a copy."""
-  os.makedirs(os.path.dirname(destination), exist_ok=True)
-  source = os.path.join(protocol_root, file_name)
-  try:
-    os.link(source, destination)
-  except OSError:
-    shutil.copyfile(source, destination)
+  files.makedirs(os.path.dirname(destination), exist_ok=True)
+  files.link_or_copy(os.path.join(protocol_root, file_name), destination)
 
 
 def write_bins(protocol_root, pixels, out, image_format="jpeg"):
@@ -120,7 +116,7 @@ def write_bins(protocol_root, pixels, out, image_format="jpeg"):
     pairs = cfp.read_cfp(os.path.join(protocol_root, "cfp"), protocol)
     num_pairs = len(pairs.is_same)
     if not np.array_equal(pairs.fold,
-                          verification.contiguous_folds(num_pairs, insightface_bin.NUM_FOLDS)):
+                          folds.contiguous_folds(num_pairs, insightface_bin.NUM_FOLDS)):
       raise ValueError(f"CFP-{protocol} folds are not {insightface_bin.NUM_FOLDS} equal "
                        f"contiguous blocks; a pack would change them")
     order = np.stack([pairs.index_a, pairs.index_b], axis=1).ravel()
@@ -148,8 +144,8 @@ def _write_lfw(protocol_root, folder, num_subjects):
       os.path.join(protocol_root, "cfp", "landmarks.csv"), sources)
   _write_lines(os.path.join(image_root, "landmarks.csv"), [
       ",".join([name] + [f"{v:.3f}" for v in p.ravel()]) for name, p in zip(relative, points)])
-  key = dict(zip(map(os.path.normpath, sources), frontal))
-  keys = [key[os.path.normpath(path)] for path in pairs.paths]  # (subject, k) of each path
+  key = dict(zip(map(files.normpath, sources), frontal))
+  keys = [key[files.normpath(path)] for path in pairs.paths]  # (subject, k) of each path
 
   folds = np.unique(pairs.fold)
   per_set = int(pairs.is_same[pairs.fold == folds[0]].sum())
@@ -248,14 +244,15 @@ def _write_ijbc(pixels, folder, num_subjects, num_multipie, image_size, seed):
   # 1.2 (cos 15 + sin 15) / 2 = 0.735 of the stored side, plus the shift.
   loose_size = int(np.ceil(1.5 * image_size + 2 * IJBC_MAX_SHIFT))
   template = face_align.template(image_size)
-  os.makedirs(os.path.join(folder, "loose_crop"))
+  files.makedirs(os.path.join(folder, "loose_crop"))
   media_lines, point_lines, subject_of = [], [], {}
   for k, (subject, template_id, media_id, _, file_name) in enumerate(
       _ijba_sightings(num_subjects, num_multipie), 1):
     matrix = _loose_crop_transform(rng, image_size, loose_size)
     name = f"{k}.png"
-    Image.fromarray(face_align.warp(pixels[file_name], matrix, loose_size)).save(
-        os.path.join(folder, "loose_crop", name))
+    with files.open(os.path.join(folder, "loose_crop", name), "wb") as f:
+      Image.fromarray(face_align.warp(pixels[file_name], matrix, loose_size)).save(
+          f, format="PNG")
     points = face_align.apply(matrix, template)
     media_lines.append(f"{name} {template_id} {media_id}")
     point_lines.append(" ".join([name] + [f"{v:.4f}" for v in points.ravel()]
@@ -300,10 +297,10 @@ def _write_megaface(protocol_root, folder, num_subjects, num_multipie, illuminat
       relative = f"{subject:03d}/{kind}_{source[-1]}"
       _copy(protocol_root, file_name, os.path.join(folder, "megaface", relative))
       distractors.append(relative)
-  with open(os.path.join(folder, "facescrub_features_list.json"), "w") as f:
+  with files.open(os.path.join(folder, "facescrub_features_list.json"), "w") as f:
     json.dump({"id": ids, "path": probe_paths}, f)
-  with open(os.path.join(folder, f"megaface_features_list.json_{len(distractors)}_1"),
-            "w") as f:
+  with files.open(os.path.join(folder, f"megaface_features_list.json_{len(distractors)}_1"),
+                  "w") as f:
     json.dump({"path": distractors}, f)
   return {"megaface_probes": len(probe_paths), "megaface_distractors": len(distractors)}
 
@@ -315,9 +312,9 @@ def export(builder, out, bin_format="jpeg", split="test", pixels=None):
   split, or rendered for validation). An existing `out` is replaced only when it is an
   earlier export (holds summary.json) or empty.
   """
-  out = os.path.abspath(out)
-  if (os.path.isdir(out) and os.listdir(out)
-      and not os.path.isfile(os.path.join(out, SUMMARY))):
+  out = files.abspath(out)
+  if (files.isdir(out) and files.listdir(out)
+      and not files.isfile(os.path.join(out, SUMMARY))):
     raise FileExistsError(f"{out} exists and is not an earlier export; not replacing it")
   config = builder.builder_config
   examples = None
@@ -327,8 +324,8 @@ def export(builder, out, bin_format="jpeg", split="test", pixels=None):
   protocol_root = protocols.ensure(builder, split, examples)
   num_subjects, num_multipie = _subjects(config, split)
   partial = f"{out}.partial-{os.getpid()}"
-  shutil.rmtree(partial, ignore_errors=True)
-  os.makedirs(partial)
+  files.rmtree(partial, ignore_errors=True)
+  files.makedirs(partial)
   summary = {"builder_config": config.name, "split": split, "image_size": config.image_size,
              "bin_format": bin_format}
   summary.update(write_bins(protocol_root, pixels, partial, bin_format))
@@ -339,11 +336,11 @@ def export(builder, out, bin_format="jpeg", split="test", pixels=None):
                              num_multipie, config.image_size, config.seed))
   summary.update(_write_megaface(protocol_root, os.path.join(partial, "megaface"),
                                  num_subjects, num_multipie, config.illuminations))
-  with open(os.path.join(partial, SUMMARY), "w") as f:
+  with files.open(os.path.join(partial, SUMMARY), "w") as f:
     json.dump(summary, f, indent=1)
-  if os.path.exists(out):
-    shutil.rmtree(out)
-  os.replace(partial, out)
+  if files.exists(out):
+    files.rmtree(out)
+  files.replace(partial, out)
   return out
 
 
@@ -365,18 +362,18 @@ def add_ijbc(builder, out, split="test"):
   config = builder.builder_config
   pixels = {ex["file_name"]: ex["image"] for ex in _examples(builder, split)}
   partial = os.path.join(out, f"ijbc.partial-{os.getpid()}")
-  shutil.rmtree(partial, ignore_errors=True)
+  files.rmtree(partial, ignore_errors=True)
   counts = _write_ijbc(pixels, partial, *_subjects(config, split), config.image_size,
                        config.seed)
   # An ijbc folder here was left by a run stopped before it updated the summary.
-  shutil.rmtree(os.path.join(out, "ijbc"), ignore_errors=True)
-  os.replace(partial, os.path.join(out, "ijbc"))
-  with open(os.path.join(out, SUMMARY)) as f:
+  files.rmtree(os.path.join(out, "ijbc"), ignore_errors=True)
+  files.replace(partial, os.path.join(out, "ijbc"))
+  with files.open(os.path.join(out, SUMMARY)) as f:
     summary = json.load(f)
   partial_summary = os.path.join(out, f"{SUMMARY}.partial-{os.getpid()}")
-  with open(partial_summary, "w") as f:
+  with files.open(partial_summary, "w") as f:
     json.dump({**summary, **counts}, f, indent=1)
-  os.replace(partial_summary, os.path.join(out, SUMMARY))  # names ijbc once it is whole
+  files.replace(partial_summary, os.path.join(out, SUMMARY))  # names ijbc once it is whole
 
 
 def ensure(builder, split="test"):
@@ -386,10 +383,10 @@ def ensure(builder, split="test"):
   root = protocols.root_of(builder, split)
   out = os.path.join(root, "export")
   summary_file = os.path.join(out, SUMMARY)
-  if not os.path.isfile(summary_file):
+  if not files.isfile(summary_file):
     export(builder, out, split=split)
   else:
-    with open(summary_file) as f:
+    with files.open(summary_file) as f:
       if "ijbc_images" not in json.load(f):
         add_ijbc(builder, out, split)
   return root
@@ -405,10 +402,11 @@ def main(argv=None):
   parser.add_argument("--split", default="test", choices=builder_lib.PROTOCOL_SPLITS,
                       help="the test identities, or the validation ones (for tuning)")
   args = parser.parse_args(argv)
-  builder = builder_lib.SyntheticFaces(config=args.builder_config, data_dir=args.data_dir)
+  builder = builder_lib.SyntheticFaces(config=args.builder_config,
+                                       data_dir=files.local_path(args.data_dir))
   builder.download_and_prepare(download_config=_OFFLINE)  # renders; fetches nothing
   out = export(builder, args.out, args.bin_format, args.split)
-  with open(os.path.join(out, SUMMARY)) as f:
+  with files.open(os.path.join(out, SUMMARY)) as f:
     print(f"wrote {out}: {f.read()}")
 
 

@@ -25,12 +25,12 @@ import dataclasses
 import json
 import os
 import re
-import shutil
 
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from input_pipeline import files
 from input_pipeline.synthetic import builder as builder_lib
 
 SUMMARY = "summary.json"
@@ -64,7 +64,7 @@ def root_of(builder, split="test"):
 
 
 def is_complete(root):
-  return os.path.isfile(os.path.join(root, SUMMARY))
+  return files.isfile(os.path.join(root, SUMMARY))
 
 
 def test_examples(builder):
@@ -95,9 +95,9 @@ def ensure(builder, split="test", examples=None):
 
 def _write(root, examples, seed, split="test"):
   """Writes images and lists into a temporary folder, then moves it to `root`."""
-  root = os.path.abspath(root)
+  root = files.abspath(root)
   partial = f"{root}.partial-{os.getpid()}"
-  shutil.rmtree(partial, ignore_errors=True)
+  files.rmtree(partial, ignore_errors=True)
   cfp, multipie = {}, {}
   for example in examples:
     name = example["file_name"]
@@ -111,16 +111,17 @@ def _write(root, examples, seed, split="test"):
     else:
       raise ValueError(f"test example {name!r} is neither a CFP nor a Multi-PIE image")
     path = os.path.join(partial, name)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(example["image"]).save(path, quality=JPEG_QUALITY)
+    files.makedirs(os.path.dirname(path), exist_ok=True)
+    with files.open(path, "wb") as f:
+      Image.fromarray(example["image"]).save(f, format="JPEG", quality=JPEG_QUALITY)
   summary = {**_write_cfp(os.path.join(partial, "cfp"), cfp, seed, split),
              **_write_multipie(os.path.join(partial, "multipie"), multipie)}
-  with open(os.path.join(partial, SUMMARY), "w") as f:
+  with files.open(os.path.join(partial, SUMMARY), "w") as f:
     json.dump(summary, f, indent=1)
-  if os.path.exists(root):
-    shutil.rmtree(root)
-  os.makedirs(os.path.dirname(root), exist_ok=True)
-  os.replace(partial, root)
+  if files.exists(root):
+    files.rmtree(root)
+  files.makedirs(os.path.dirname(root), exist_ok=True)
+  files.replace(partial, root)
   return root
 
 
@@ -129,8 +130,8 @@ def _image(subject, kind, k):
 
 
 def _write_lines(path, lines):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w") as f:
+  files.makedirs(os.path.dirname(path), exist_ok=True)
+  with files.open(path, "w") as f:
     f.writelines(line + "\n" for line in lines)
 
 

@@ -6,11 +6,11 @@
 Distractor images are streamed through the embedder (bounded image memory); their embeddings
 go to the chunked identification. rank-1's interval: bootstrap over probe identities.
 """
-import glob
 import os
 
 from aprn_jax.evaluation import identification, intervals, registry
 from aprn_jax.evaluation.benchmarks import _common
+from input_pipeline import files
 from input_pipeline.readers import megaface
 
 PATHS = {"megaface_probes": "export/megaface/facescrub_features_list.json",
@@ -21,9 +21,9 @@ PATHS = {"megaface_probes": "export/megaface/facescrub_features_list.json",
 
 def distractor_list(path):
   """`path`, or the one MegaFace distractor list in the folder `path`."""
-  if not os.path.isdir(path):
+  if not files.isdir(path):
     return path
-  found = sorted(glob.glob(os.path.join(path, "megaface_features_list.json_*")))
+  found = sorted(files.glob(os.path.join(path, "megaface_features_list.json_*")))
   if len(found) != 1:
     raise ValueError(f"config.eval.paths.megaface_distractors: {path} holds {len(found)} "
                      f"distractor lists (megaface_features_list.json_*); name one file")

@@ -8,12 +8,20 @@ update: at the caller's log points (`update(..., log=True)`, the trainer's metri
 every `every_s` seconds, then one line when the stage ends. So a log file never holds the
 half-overwritten fragments a bar leaves there.
 """
+import importlib
 import os
+import re
 import shutil
 import sys
+import tempfile
 import time
 
 REDRAW_S = 0.2  # a bar is redrawn at most this often
+# What TensorFlow's C++ runtime prints while it loads, whatever TF_CPP_MIN_LOG_LEVEL says:
+# TensorFlow 2.21 logs oneDNN's notice through absl before absl's log is set up.
+STARTUP_NOTICE = re.compile(r"absl::InitializeLog\(\) is called|oneDNN custom operations are on|"
+                            r"cpu_feature_guard|This TensorFlow binary is optimized|"
+                            r"rebuild TensorFlow with")
 
 
 def quiet():
@@ -28,6 +36,28 @@ def quiet():
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # INFO and WARNING off
   from absl import logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.ERROR)  # orbax logs every save and restore, JAX its backends
+  import_without_notices("tensorflow")
+
+
+def import_without_notices(module):
+  """Imports `module` with the C++ stderr (file descriptor 2) captured, then writes back every
+  line of it but the STARTUP_NOTICE ones, so an error printed while it loads still shows."""
+  if module in sys.modules:
+    return
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      importlib.import_module(module)
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+        if not STARTUP_NOTICE.search(line):
+          sys.stderr.write(line)
+      sys.stderr.flush()
 
 
 def is_terminal(stream):
