@@ -14,6 +14,8 @@ import os
 
 import jax
 
+from input_pipeline import console
+
 # Seconds without a heartbeat after which the coordination service ends the job: short
 # enough that the other processes exit promptly with the error, long enough for a loaded host.
 HEARTBEAT_TIMEOUT_S = 20
@@ -61,6 +63,7 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None,
     address, count, index = described
     kwargs.update(coordinator_address=address, num_processes=count, process_id=index)
   jax.distributed.initialize(**kwargs)
+  console.show_progress(is_lead())  # one console per job
   return jax.process_count() > 1
 
 

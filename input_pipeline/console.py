@@ -17,6 +17,14 @@ import tempfile
 import time
 
 REDRAW_S = 0.2  # a bar is redrawn at most this often
+# One console per job: in a job of several processes only the lead's progress shows
+# (`show_progress`, set when the process joins the job, aprn_jax/distributed.py).
+_SHOWN = [True]
+
+
+def show_progress(shown):
+  """Whether this process's Progress displays write anything (errors always print)."""
+  _SHOWN[0] = bool(shown)
 # What TensorFlow's C++ runtime prints while it loads, whatever TF_CPP_MIN_LOG_LEVEL says:
 # TensorFlow 2.21 logs oneDNN's notice through absl before absl's log is set up.
 STARTUP_NOTICE = re.compile(r"absl::InitializeLog\(\) is called|oneDNN custom operations are on|"
@@ -178,5 +186,7 @@ class Progress:
     self._write("\r\x1b[K" + status[:width])
 
   def _write(self, text):
+    if not _SHOWN[0]:
+      return
     self.stream.write(text)
     self.stream.flush()

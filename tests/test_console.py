@@ -117,3 +117,18 @@ def test_quiet_drops_tensorflows_load_notices_and_keeps_other_stderr(tmp_path):
   assert done.returncode == 0, done.stderr
   assert done.stdout == "done\n"
   assert done.stderr == "a real problem\n"
+
+
+def test_a_process_that_is_not_the_lead_shows_no_progress():
+  """In a job of several processes only the lead's bars and lines print."""
+  out = io.StringIO()
+  try:
+    console.show_progress(False)
+    with console.Progress("embed", 3, "images", stream=out) as bar:
+      bar.update(3, log=True)
+  finally:
+    console.show_progress(True)
+  assert out.getvalue() == ""
+  with console.Progress("embed", 3, "images", stream=out) as bar:
+    bar.update(3, log=True)
+  assert out.getvalue().startswith("embed 3/3 images")

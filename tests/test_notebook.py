@@ -39,7 +39,7 @@ def _text(cell):
                  if out.output_type == "stream")
 
 
-@pytest.mark.slow  # trains, evaluates twice and exports: about 2 minutes on 2 cores
+# Trains, evaluates twice and exports: about 1.5 minutes on 2 cores.
 def test_notebook_trains_shows_the_report_evaluates_and_exports_on_cpu(tmp_path):
   notebook = _notebook()
   workdir = tmp_path / "run"
