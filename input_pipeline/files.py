@@ -166,11 +166,8 @@ def write_atomic(path, data):
 
 
 def write_json(path, value):
-  """Writes via a temporary file and a rename, so a reader never sees half a file."""
-  tmp = os.fspath(path) + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=1, sort_keys=True)
-  replace(tmp, path)
+  """`value` as indented JSON with sorted keys, written by `write_atomic`."""
+  write_atomic(path, json.dumps(value, indent=1, sort_keys=True))
 
 
 def truncate(path, size):
