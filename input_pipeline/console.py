@@ -168,8 +168,11 @@ class Progress:
     if note is not None:
       self.note = note
     elapsed = time.monotonic() - self.started
-    text = (f"{self.label} {self.done} {self.unit} in {duration(elapsed)} "
-            f"({_rate(self.done - self.start, elapsed, self.unit)})")
+    if self.done == 0:  # e.g. an analysis of embeddings already made: no count, no rate
+      text = f"{self.label} in {duration(elapsed)} (no {self.unit})"
+    else:
+      text = (f"{self.label} {self.done} {self.unit} in {duration(elapsed)} "
+              f"({_rate(self.done - self.start, elapsed, self.unit)})")
     if self.note:
       text += f"  {self.note}"
     self._write(("\r\x1b[K" if self.bar else "") + text + "\n")

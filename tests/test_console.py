@@ -47,6 +47,12 @@ def test_periodic_lines_and_a_growing_total():
   assert lines[2].startswith("[aprn] cfp_fp 8 images in ")
 
 
+def test_a_stage_that_counted_nothing_says_so_without_a_rate():
+  out = io.StringIO()
+  console.Progress("[aprn] pose_analyses", 0, "images", stream=out).close()
+  assert re.fullmatch(r"\[aprn\] pose_analyses in 0:00 \(no images\)\n", out.getvalue())
+
+
 def test_a_resumed_stage_counts_its_rate_from_where_it_started():
   progress = console.Progress("[aprn]", 100, "steps", start=90, every_s=None,
                               stream=io.StringIO())
