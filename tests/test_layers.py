@@ -18,6 +18,7 @@ CONV_CASES = [
     (2, (3, 3), (1, 1), ((1, 1), (1, 1)), "window"),  # D on stage4 of a 64x64 ResNet
     (1, (3, 3), (1, 1), ((1, 1), (1, 1)), "window"),
     (2, (1, 1), (1, 1), "SAME", "dot"),
+    (6, (1, 1), (1, 1), "SAME", "wide"),          # a 1x1 kernel above NARROW_1X1_WEIGHTS
     (9, (7, 7), (2, 2), ((3, 3), (3, 3)), "conv"),  # a stem
     (5, (3, 3), (1, 1), "SAME", "conv"),
     (8, (3, 3), (2, 2), ((1, 1), (1, 1)), "conv"),
@@ -35,6 +36,9 @@ def _stablehlo(fn, *args):
 def test_conv_equals_nn_conv(size, kernel, strides, padding, form, monkeypatch):
   # Few channels keep the test fast; the tap form's threshold is lowered to reach it.
   monkeypatch.setattr(layers, "LARGE_TAP_WEIGHTS", 20 if form == "taps" else 10**9)
+  # and the 1x1 bound (5 x 4 weights here) to leave a wide 1x1 kernel a convolution.
+  monkeypatch.setattr(layers, "NARROW_1X1_WEIGHTS", 19 if form == "wide" else 10**9)
+  form = "conv" if form == "wide" else form
   x = jax.random.normal(jax.random.key(0), (3, size, size, 5))
   ours = layers.Conv(4, kernel, strides, padding)
   flax_conv = nn.Conv(4, kernel, strides, padding=padding, use_bias=False)

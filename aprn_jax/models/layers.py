@@ -3,7 +3,12 @@
 `Conv` is `nn.Conv` without bias: the same `kernel` parameter, initialiser and outputs (up to
 float rounding). On CPU it picks the fastest of these forms of the same computation (each
 measured against `lax.conv_general_dilated`, forward + backward, by benchmarks/layers.py):
-- a 1x1 kernel: a strided slice and a matrix product (1.25 to 2.9x faster on narrow layers);
+- a 1x1 kernel of at most 256 x 512 weights: a strided slice and a matrix product (1.25 to
+  2.9x faster on narrow layers). Wider ones stay convolutions: in a deep stage XLA:CPU fused
+  the residual stream's gradient (a running sum over the blocks above) into the transposed
+  copy each product's weight gradient takes, so every block recomputed the chain above it
+  (ResNet-101, float32, batch 4: 4.5 s a baseline step with every 1x1 kernel a product,
+  1.9 s with this bound; benchmarks/op_profile.py, docs/benchmarks.md);
 - an output map of at most 2x2 (stage4 of a 64x64 ResNet, D on it): one matrix product per
   output pixel over the input pixels its window covers. XLA:CPU lowers the input gradient of
   such a convolution to a slow operand-swapped form (11 to 28x slower);
@@ -35,8 +40,10 @@ import jax.numpy as jnp
 FORMS = ("fast", "flax", "portable")
 # On CPU: output maps of at most this many pixels take one matrix product per output pixel,
 SMALL_MAP_PIXELS = 4
-# and kernels with at least this many weights per tap one matrix product per tap.
+# and kernels with at least this many weights per tap one matrix product per tap;
 LARGE_TAP_WEIGHTS = 1024 * 1024
+# 1x1 kernels with at most this many weights are a matrix product.
+NARROW_1X1_WEIGHTS = 256 * 512
 
 
 def check_forms(forms):
@@ -146,7 +153,8 @@ class Conv(nn.Module):
     out_shape = tuple((size + lo + hi - k) // s + 1
                       for size, (lo, hi), k, s in zip(x.shape[1:3], pads, window, strides))
     if _cpu_forms(self.forms):
-      if window == (1, 1) and pads == ((0, 0), (0, 0)):
+      if (window == (1, 1) and pads == ((0, 0), (0, 0))
+          and x.shape[-1] * self.features <= NARROW_1X1_WEIGHTS):
         return _dot(x[:, ::strides[0], ::strides[1]], kernel[0, 0]).astype(x.dtype)
       if out_shape[0] * out_shape[1] <= SMALL_MAP_PIXELS:
         return _window_products(x, kernel, strides, pads, out_shape)
