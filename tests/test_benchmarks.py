@@ -6,6 +6,7 @@ with counts made by hand from the tiny discriminator's layers.
 """
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -139,3 +140,58 @@ def test_layers_compares_the_cpu_forms_with_flax(tmp_path):
       flops, flax_flops = case["layers"]["flops"], case["flax"]["flops"]
       assert flax_flops <= flops <= 1.1 * flax_flops, name
       assert (flops == flax_flops) == ("same form" in name or "1x1" in name), name
+
+
+@pytest.mark.slow  # compiles the step once per variant
+def test_xla_options_times_each_variant_against_the_defaults(tmp_path):
+  options = '{"no_ynnpack": {"xla_cpu_experimental_ynn_fusion_type": ""}}'
+  proc = subprocess.run([sys.executable, "benchmarks/xla_options.py", *TINY, "--batch_size=8",
+                         "--variants=none", f"--options={options}", "--steps=2",
+                         f"--out={tmp_path / 'out.jsonl'}"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  record = json.loads(proc.stdout.strip().splitlines()[-1])
+  variants = record["variants"]
+  assert set(variants) == {"default", "no_ynnpack"}
+  assert variants["default"]["speedup"] == 1.0
+  assert variants["no_ynnpack"]["speedup"] == pytest.approx(
+      variants["default"]["median_s"] / variants["no_ynnpack"]["median_s"])
+  assert variants["no_ynnpack"]["images_per_s"] == pytest.approx(
+      8 / variants["no_ynnpack"]["median_s"])
+
+
+def test_xla_options_reach_the_compiler_and_bad_ones_are_named():
+  import jax
+  import jax.numpy as jnp
+  sys.path.insert(0, ROOT)
+  from benchmarks import xla_options
+  lowered = jax.jit(lambda x: jnp.tanh(x @ x).sum()).lower(jnp.ones((64, 64)))
+  default, _ = xla_options._compile(lowered, {})
+  without, _ = xla_options._compile(lowered, xla_options.VARIANT_SETS["cpu"]["no_ynnpack"])
+  if jax.default_backend() == "cpu":  # XLA:CPU sends this dot to YNNPACK by default
+    assert "__ynn_fusion" in default.as_text()
+    assert "__ynn_fusion" not in without.as_text()
+  with pytest.raises(ValueError, match="variant 'typo'.*XLA refused it"):
+    xla_options._compile(lowered, {"xla_cpu_no_such_option": True}, "typo")
+  with pytest.raises(ValueError, match="'default' is XLA's defaults"):
+    xla_options.parse_options('{"default": {}}')
+  with pytest.raises(ValueError, match="not JSON"):
+    xla_options.parse_options("{no_ynnpack}")
+
+
+@pytest.mark.slow  # profiles a compiled step
+def test_op_profile_splits_the_step_into_xla_operations(tmp_path):
+  proc = subprocess.run([sys.executable, "benchmarks/op_profile.py", *TINY, "--batch_size=8",
+                         "--top=5", f"--out={tmp_path / 'out.jsonl'}"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  record = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert (tmp_path / "out.jsonl").read_text().strip() == proc.stdout.strip().splitlines()[-1]
+  kinds, top = record["kinds"], record["top"]
+  assert sum(k["ms_per_step"] for k in kinds) == pytest.approx(record["ops_ms_per_step"])
+  assert sum(k["share"] for k in kinds) == pytest.approx(1.0)
+  assert len(top) == 5 and top[0]["ms_per_step"] >= top[-1]["ms_per_step"] > 0
+  # The operations are XLA's, with the shapes the compiled program gives them; Python frames
+  # and the runtime's own spans are not among them.
+  assert all(re.fullmatch(r"\(?[a-z]+\d*\[[\d,]*\].*", op["shape"]) for op in top), top
+  assert not any(k["kind"].startswith(("$", "ThunkExecutor", "shard_args")) for k in kinds)
