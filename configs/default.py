@@ -2,11 +2,12 @@
 
     python main.py --config=configs/default.py --workdir=/tmp/aprn_default
 
-Finishes on 2 CPU cores in about 14 minutes including data generation and evaluation (AMD
-EPYC: data 3.8 min, baseline 6.1, APRN 1.5, evaluation 2.3), then prints baseline vs APRN on
-the synthetic copies of CFP-FF/FP, IJB-A, MegaFace and per-yaw Multi-PIE, every figure with
-its 95% interval. Every other config starts from this one and overrides what differs; any
-field can also be overridden on the command line, e.g. `--config.aprn.alpha=0.3`.
+Finishes on 2 CPU cores in 5 to 14 minutes including data generation and evaluation (a quiet
+AMD EPYC: data 1.4 min, baseline 1.5, APRN 0.4, evaluation 0.7; another, earlier: 14 min),
+then prints baseline vs APRN on the synthetic copies of CFP-FF/FP, IJB-A, MegaFace and
+per-yaw Multi-PIE, every figure with its 95% interval. Every other config starts from this one
+and overrides what differs; any field can also be overridden on the command line, e.g.
+`--config.aprn.alpha=0.3`.
 
 Why these settings (measured on 2 AMD EPYC cores; README "Results"):
 - Test set: the synthetic faces' `default` build, 990 test people, so CFP-FP accuracy's 95%
