@@ -98,14 +98,14 @@ def _env(devices, fast_compile=False):
   return {**os.environ, "XLA_FLAGS": f"{flags} {FAST_COMPILE}" if fast_compile else flags}
 
 
-def _start_job(workdir, data_dir, logs, extra=((), ())):
+def _start_job(workdir, data_dir, logs, extra=((), ()), common=()):
   """2 main.py processes of 2 fake CPU devices each, one job through 127.0.0.1."""
   port = _free_port()
   procs = []
   for index in range(2):
     log = open(os.path.join(logs, f"process{index}.log"), "a")
     command = _command(workdir, data_dir, f"--coordinator_address=127.0.0.1:{port}",
-                       "--num_processes=2", f"--process_id={index}", *extra[index])
+                       "--num_processes=2", f"--process_id={index}", *common, *extra[index])
     procs.append(subprocess.Popen(command, cwd=REPO, env=_env(2), stdout=log,
                                   stderr=subprocess.STDOUT))
   return procs
@@ -123,8 +123,9 @@ def _metric_lines(phase_dir):
     return [json.loads(line) for line in f]
 
 
-def _short_config(data_dir):
+def _short_config(data_dir, classifier="dense"):
   config = tiny.get_config()
+  config.model.classifier = classifier
   config.data.data_dir = data_dir
   config.train.update(batch_size=32, baseline_epochs=1, aprn_epochs=1,
                       checkpoint_every_steps=4)
@@ -135,17 +136,23 @@ def _short_config(data_dir):
 
 
 @pytest.mark.slow
-def test_two_processes_train_resume_and_evaluate_like_one(tiny_data, tmp_path):
+@pytest.mark.parametrize("classifier", ["dense", "sharded"])
+def test_two_processes_train_resume_and_evaluate_like_one(tiny_data, tmp_path, classifier):
   """2 processes x 2 devices, both SIGKILLed after the baseline's first checkpoint and
   restarted, end with the parameters of 1 process x 4 devices (float32 tolerance); only
-  process 0 writes results.json, the metric lines and the table."""
+  process 0 writes results.json, the metric lines and the table. Sharded: the classifier's
+  rows split over all 4 devices of both hosts, gathered for each save and split again on
+  restore; the baseline phase alone (the kill and the restore fall in it; the APRN phase's
+  own tolerance is the dense run's)."""
   data_dir = tiny_data[0].data.data_dir
   reference = str(tmp_path / "one_process")
-  subprocess.run(_command(reference, data_dir), cwd=REPO, env=_env(4), check=True,
+  phases = ("baseline", "aprn") if classifier == "dense" else ("baseline",)
+  choice = (f"--config.model.classifier={classifier}", f"--config.train.phases={phases!r}")
+  subprocess.run(_command(reference, data_dir, *choice), cwd=REPO, env=_env(4), check=True,
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
   workdir, logs = str(tmp_path / "two_processes"), str(tmp_path)
   checkpoint_dir = os.path.join(workdir, "baseline", "checkpoints")
-  procs = _start_job(workdir, data_dir, logs)
+  procs = _start_job(workdir, data_dir, logs, common=choice)
   deadline = time.time() + 600
   while time.time() < deadline and not (
       os.path.isdir(checkpoint_dir) and any(n.isdigit() for n in os.listdir(checkpoint_dir))):
@@ -155,12 +162,13 @@ def test_two_processes_train_resume_and_evaluate_like_one(tiny_data, tmp_path):
     p.send_signal(signal.SIGKILL)
     p.wait()
   assert not os.path.exists(os.path.join(workdir, "results.json"))
-  procs = _start_job(workdir, data_dir, logs)
+  procs = _start_job(workdir, data_dir, logs, common=choice)
   codes = [p.wait(timeout=900) for p in procs]
   assert codes == [0, 0], open(os.path.join(logs, "process0.log")).read()[-3000:]
 
-  config = _short_config(data_dir)
-  for phase in ("baseline", "aprn"):
+  config = _short_config(data_dir, classifier)
+  config.train.phases = phases
+  for phase in phases:
     expected, expected_step = _final_state(config, reference, phase)
     got, step = _final_state(config, workdir, phase)
     assert step == expected_step
@@ -173,7 +181,8 @@ def test_two_processes_train_resume_and_evaluate_like_one(tiny_data, tmp_path):
     if phase == "baseline":
       compared, tolerance = (got, expected), dict(rtol=1e-4, atol=1e-5)
     else:
-      compared = tuple((s.recognizer, s.discriminator) for s in (got, expected))
+      compared = tuple((s.recognizer, s.discriminator, s.classifier and s.classifier.params)
+                       for s in (got, expected))
       tolerance = dict(rtol=1e-3, atol=1e-3)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tolerance), *compared)
     print(phase, "largest difference", max(jax.tree.leaves(jax.tree.map(
@@ -189,7 +198,7 @@ def test_two_processes_train_resume_and_evaluate_like_one(tiny_data, tmp_path):
   with open(os.path.join(workdir, "results.json")) as f:
     results = json.load(f)
   with open(os.path.join(reference, "results.json")) as f:
-    assert set(json.load(f)) == set(results) == {"baseline", "aprn"}
+    assert set(json.load(f)) == set(results) == set(phases)
   process1 = open(os.path.join(logs, "process1.log")).read()
   assert "cfp_ff" not in process1 and "report:" not in process1
   assert "report:" in open(os.path.join(logs, "process0.log")).read()

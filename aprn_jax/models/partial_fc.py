@@ -42,8 +42,10 @@ Training accuracy is then measured against the sampled classes only (optimistic)
 
 Checkpoints hold the rows in class order, padding dropped (`to_global`), and a restore lays
 them out again for the device count at hand (`from_global`). The step splits the classes over
-every device of the pmap, all hosts' included; saving them is single-host so far (`to_global`
-refuses a multi-host run rather than write a part).
+every device of the pmap, all hosts' included, host by host (process p's local device i holds
+shard p x local devices + i). Over several hosts a save gathers every host's rows onto each
+host first (`to_global`: the whole classifier and its optimizer state in each host's memory
+for the save, as the dense head always is), and a restore keeps each host's own rows.
 """
 import math
 from typing import Any
@@ -52,6 +54,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import numpy as np
 import optax
 
@@ -325,13 +328,13 @@ def _is_rows(shape):
 def to_global(shards):
   """{'params', 'opt'} as numpy, each row leaf (C, ...) in class order (padding dropped) and
   each per-device scalar once: the layout checkpoints hold, whatever the device count."""
-  if jax.process_count() > 1:  # each host holds its own devices' rows only
-    raise NotImplementedError("checkpoints of the sharded classifier are written from one "
-                              "host; a multi-host run cannot save it yet")
-
   def one(x):
-    x = np.asarray(jax.device_get(x))
-    return x.reshape((-1,) + x.shape[2:])[:shards.num_classes] if _is_rows(x.shape) else x[0]
+    x = np.asarray(jax.device_get(x))  # this host's devices
+    if not _is_rows(x.shape):
+      return x[0]
+    if jax.process_count() > 1:  # every host's rows, in shard order (hosts in turn)
+      x = np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return x.reshape((-1,) + x.shape[2:])[:shards.num_classes]
   return jax.tree.map(one, {"params": shards.params, "opt": shards.opt})
 
 
@@ -345,7 +348,8 @@ def global_shapes(shards):
 
 
 def from_global(tree, like):
-  """`to_global`'s layout back to Shards shaped like `like` (its device count), as numpy."""
+  """`to_global`'s layout back to Shards shaped like `like` (this host's devices, the rows of
+  every host's), as numpy: this host's shards."""
   def one(x, target):
     x = np.asarray(x)
     if not _is_rows(target.shape):
@@ -354,8 +358,10 @@ def from_global(tree, like):
     if x.shape[0] != like.num_classes or x.shape[1:] != tuple(target.shape[2:]):
       raise ValueError(f"a classifier leaf of shape {x.shape} does not fit "
                        f"{like.num_classes} classes of shape {tuple(target.shape[2:])}")
-    padded = np.zeros((devices * rows,) + x.shape[1:], x.dtype)
+    shards = devices * jax.process_count()
+    padded = np.zeros((shards * rows,) + x.shape[1:], x.dtype)
     padded[:like.num_classes] = x
-    return padded.reshape(target.shape)
+    first = jax.process_index() * devices
+    return padded.reshape((shards,) + tuple(target.shape[1:]))[first:first + devices]
   return Shards(jax.tree.map(one, tree["params"], like.params),
                 jax.tree.map(one, tree["opt"], like.opt), like.num_classes)
