@@ -13,8 +13,8 @@ separate runs with different XLA_FLAGS would not give. `speedup` is the default 
 median step seconds over the variant's (above 1: the variant is faster).
 
 `--variants=cpu` is the set of XLA:CPU library choices this project was measured with
-(docs/benchmarks.md, "What XLA:CPU options do"): no YNNPACK fusions, YNNPACK for dots only,
-YNNPACK for dots and convolutions, and oneDNN. `--options` adds (or, by name, replaces)
+(docs/benchmarks.md, "PyTorch side by side", "On this CPU"): no YNNPACK fusions, YNNPACK for
+dots only, YNNPACK for dots and convolutions, and oneDNN. `--options` adds (or, by name, replaces)
 variants, each a dict of XLA debug options (the names of XLA_FLAGS without the leading --;
 repeated enum options as comma-separated proto names).
 """
@@ -101,7 +101,7 @@ def measure(config, *, kind, variants, batch_size, steps, warmup, num_classes, n
                        for name, t in timed.items()}}
 
 
-def _compile(lowered, options, name="default"):
+def _compile(lowered, options, name):
   """(compiled, seconds) of `lowered` with XLA debug `options` (the variant `name`'s)."""
   start = time.perf_counter()
   try:

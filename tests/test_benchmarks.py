@@ -166,8 +166,9 @@ def test_xla_options_reach_the_compiler_and_bad_ones_are_named():
   sys.path.insert(0, ROOT)
   from benchmarks import xla_options
   lowered = jax.jit(lambda x: jnp.tanh(x @ x).sum()).lower(jnp.ones((64, 64)))
-  default, _ = xla_options._compile(lowered, {})
-  without, _ = xla_options._compile(lowered, xla_options.VARIANT_SETS["cpu"]["no_ynnpack"])
+  default, _ = xla_options._compile(lowered, {}, "default")
+  without, _ = xla_options._compile(lowered, xla_options.VARIANT_SETS["cpu"]["no_ynnpack"],
+                                    "no_ynnpack")
   if jax.default_backend() == "cpu":  # XLA:CPU sends this dot to YNNPACK by default
     assert "__ynn_fusion" in default.as_text()
     assert "__ynn_fusion" not in without.as_text()
