@@ -93,9 +93,8 @@ def _command(workdir, data_dir, *extra):
           f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", *SHORT_RUN, *extra]
 
 
-def _env(devices, *xla_flags):
-  flags = " ".join((f"--xla_force_host_platform_device_count={devices}",) + xla_flags)
-  return {**os.environ, "XLA_FLAGS": flags}
+def _env(devices):
+  return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
 
 
 def _start_job(workdir, data_dir, logs, extra=((), ()), common=()):
@@ -213,9 +212,10 @@ def test_two_processes_train_resume_and_evaluate_like_one(tiny_data, tmp_path, c
           np.testing.assert_allclose(mine[key], theirs[key], rtol=1e-5, err_msg=key)
     logged = [line["step"] for line in lines[0]]
     assert logged == sorted(set(logged))  # one writer: no step twice
+  job_aprn, _ = _final_state(config, workdir, "aprn")
   chained, _ = _final_state(config, reference, "aprn")
   print("aprn, against 1 x 4's own baseline:", {
-      part: f"{_largest_difference(getattr(got, part), getattr(chained, part)):.2e}"
+      part: f"{_largest_difference(getattr(job_aprn, part), getattr(chained, part)):.2e}"
       for part in _STATE_PARTS})
   with open(os.path.join(workdir, "results.json")) as f:
     results = json.load(f)
