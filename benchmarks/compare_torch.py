@@ -7,10 +7,10 @@
 Both frameworks run the baseline step (R alone) and the APRN step (Eq. 2) of the config on the
 same random batch: JAX the pmapped `aprn_jax.train_step` on one device (as
 benchmarks/train_step.py), PyTorch `benchmarks/torch_reference.ReferenceStep` (parameter
-counts asserted equal to the JAX models'). After compiling and --warmup untimed steps of
-each, --rounds rounds alternate the frameworks: JAX's steps, then PyTorch's, each round timing
---steps calls of each step kind in turn (`common.time_interleaved`), so load from other
-processes falls on both alike. A framework's images/s is the median over rounds of
+counts asserted equal to the JAX models') in a process of its own (`TorchProcess`). After
+compiling and --warmup untimed steps of each, --rounds rounds alternate the frameworks: JAX's
+steps, then PyTorch's, each round timing --steps calls of each step kind in turn
+(`common.time_interleaved`), so load from other processes falls on both alike. A framework's images/s is the median over rounds of
 batch / (the round's median step seconds); `jax_over_torch` is the ratio of those medians.
 
 FLOPs are counted the same way for both, from the layer shapes (benchmarks/flop_count.py,
@@ -42,6 +42,7 @@ from ml_collections import config_flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from aprn_jax import models, train_state, train_step
+from aprn_jax.models import layers
 from benchmarks import common, flop_count
 from input_pipeline import landmarks
 
@@ -150,6 +151,100 @@ def torch_step(config, host_batch, mean_face, num_classes, num_landmarks, *, dev
   return step, batch
 
 
+def _torch_worker(connection, config, host_batch, mean_face, num_classes, num_landmarks,
+                  options):
+  """The PyTorch side, in its own process: builds the step, sends its figures, then times a
+  round of --steps calls of each step kind whenever asked, until sent None."""
+  import torch  # first, so PyTorch runs with its own OpenMP runtime, as it does alone
+  try:
+    device = "cuda" if options["gpu"] else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+      raise RuntimeError("JAX runs on a GPU but this PyTorch has no CUDA: install a CUDA "
+                         "build of torch==2.13.0, or pass --frameworks=jax")
+    torch_form = options["form"]
+    first_form = "two_forward" if torch_form == "two_forward" else "once"
+    start = time.perf_counter()
+    step, batch = torch_step(config, host_batch, mean_face, num_classes, num_landmarks,
+                             device=device, form=first_form, compile=options["compile"],
+                             channels_last=options["channels_last"], tf32=options["tf32"],
+                             threads=options["threads"])
+    build_s = time.perf_counter() - start
+    forms = ("once", "two_forward") if torch_form == "both" else (first_form,)
+    calls = {"baseline": lambda: (step.baseline(batch), step.synchronize())}
+    for form in forms:
+      calls[f"aprn_{form}"] = (lambda f=form: (step.aprn(batch, form=f), step.synchronize()))
+    first_s = {}
+    for kind, call in calls.items():  # the first call of each compiles, with torch_compile
+      start = time.perf_counter()
+      call()
+      first_s[kind] = time.perf_counter() - start
+      for _ in range(options["warmup"]):
+        call()
+    losses = step.aprn(batch, form=forms[0])
+    counts = flop_count.param_counts(config, num_classes, num_landmarks)
+    connection.send({
+        "version": torch.__version__, "device": device,
+        "device_name": torch.cuda.get_device_name() if device == "cuda" else None,
+        "threads": torch.get_num_threads(), "forms": list(forms),
+        "process": "own", "compile": bool(options["compile"]),
+        "channels_last": bool(options["channels_last"]),
+        "autocast": config.model.dtype if config.model.dtype == "bfloat16" else None,
+        "tf32": bool(options["tf32"]) if device == "cuda" else None,
+        "build_s": build_s, "first_call_s": first_s,
+        "finite_losses": bool(all(torch.isfinite(v).item() for v in losses.values())),
+        "param_counts_equal_jax": step.counts == counts,
+    })
+    while (steps := connection.recv()) is not None:
+      timings = common.time_interleaved(calls, steps)
+      if device == "cuda":
+        timings["peak_memory_mib"] = torch.cuda.max_memory_allocated() / common.MIB
+      connection.send(timings)
+  except Exception as error:  # the parent re-raises it with the worker's traceback
+    import traceback
+    connection.send(RuntimeError(f"PyTorch side: {error}\n{traceback.format_exc()}"))
+
+
+class TorchProcess:
+  """The PyTorch step in a process of its own (`_torch_worker`), timed on request.
+
+  In this process, after JAX's steps had run, PyTorch's CPU step took 1.3 to 1.45x as long
+  as alone (page faults on every freshly allocated tensor, system time); in its own process
+  each framework has its own allocator, threads and OpenMP runtime, as a user's would, and
+  the rounds still alternate, so load from other processes falls on both alike."""
+
+  def __init__(self, config, host_batch, mean_face, num_classes, num_landmarks, **options):
+    import multiprocessing
+    from benchmarks import compare_torch  # by its import name, when this file runs as main
+    context = multiprocessing.get_context("spawn")
+    self._connection, child = context.Pipe()
+    self._process = context.Process(target=compare_torch._torch_worker, daemon=True, args=(
+        child, config, host_batch, mean_face, num_classes, num_landmarks, options))
+    self._process.start()
+    self.info = self._receive()
+    self.peak_memory_mib = None
+
+  def _receive(self):
+    if not self._connection.poll(3600):
+      raise RuntimeError("the PyTorch process sent nothing for an hour")
+    message = self._connection.recv()
+    if isinstance(message, Exception):
+      raise message
+    return message
+
+  def time_round(self, steps):
+    self._connection.send(steps)
+    timings = self._receive()
+    self.peak_memory_mib = timings.pop("peak_memory_mib", None)
+    return timings
+
+  def close(self):
+    if self._process.is_alive():
+      self._connection.send(None)
+      self._process.join(30)
+    if self._process.is_alive():
+      self._process.kill()
+
+
 def _entry(seconds_by_round, batch_size, model_flops, peaks, dtype):
   """A framework's figures for one step kind from its per-round median seconds."""
   per_round = [batch_size / s for s in seconds_by_round]
@@ -204,13 +299,22 @@ def measure(config, *, batch_size, rounds, steps, warmup, num_classes, num_landm
 
   if "jax" in frameworks:
     jsteps, static, args = jax_steps(config, host_batch, mean_face, num_classes, num_landmarks)
-    xla = {}
-    for kind, s in jsteps.items():
+    for s in jsteps.values():
       for _ in range(warmup):
         s["run"]()
-      if device.platform == "cpu":
+    xla = {}
+    if device.platform == "cpu":
+      # XLA's cost analysis leaves out FFI calls (the oneDNN layers): it counts the same step
+      # in XLA's own layer forms.
+      counted = config.copy_and_resolve_references()
+      if layers.cpu_forms(config.model.layer_forms) == "onednn":
+        counted.model.layer_forms = "xla"
+      counted_steps = (jax_steps(counted, host_batch, mean_face, num_classes, num_landmarks)[0]
+                       if counted.model.layer_forms != config.model.layer_forms else jsteps)
+      for kind, s in counted_steps.items():
         xla[kind] = {"compiled": common.flops(s["lowered"], s["compiled"]),
-                     "unoptimised": common.flop_count(s["lowered"])}
+                     "unoptimised": common.flop_count(s["lowered"]),
+                     "layer_forms": counted.model.layer_forms}
     if xla_cpu_count and device.platform != "cpu":
       xla["baseline"] = {"cpu_unoptimised": xla_cpu_lowered_flops(static, args)}
     for kind, entry in xla.items():
@@ -222,49 +326,24 @@ def measure(config, *, batch_size, rounds, steps, warmup, num_classes, num_landm
     calls["jax"] = {kind: s["run"] for kind, s in jsteps.items()}
 
   if "torch" in frameworks:
-    import torch
-    torch_device = "cuda" if device.platform == "gpu" and torch.cuda.is_available() else "cpu"
-    if device.platform == "gpu" and torch_device == "cpu":
-      raise RuntimeError("JAX runs on a GPU but this PyTorch has no CUDA: install a CUDA "
-                         "build of torch==2.13.0, or pass --frameworks=jax")
-    first_form = "two_forward" if torch_form == "two_forward" else "once"
-    start = time.perf_counter()
-    step, batch = torch_step(config, host_batch, mean_face, num_classes, num_landmarks,
-                             device=torch_device, form=first_form, compile=torch_compile,
-                             channels_last=channels_last, tf32=torch_tf32,
-                             threads=torch_threads)
-    build_s = time.perf_counter() - start
-    forms = ("once", "two_forward") if torch_form == "both" else (first_form,)
-    tcalls = {"baseline": lambda: (step.baseline(batch), step.synchronize())}
-    for form in forms:
-      tcalls[f"aprn_{form}"] = (lambda f=form: (step.aprn(batch, form=f), step.synchronize()))
-    first_s = {}
-    for kind, call in tcalls.items():  # the first call of each compiles, with torch_compile
-      start = time.perf_counter()
-      call()
-      first_s[kind] = time.perf_counter() - start
-      for _ in range(warmup):
-        call()
-    losses = step.aprn(batch, form=forms[0])
-    record["torch"] = {
-        "version": torch.__version__, "device": torch_device,
-        "device_name": (torch.cuda.get_device_name() if torch_device == "cuda" else None),
-        "threads": torch.get_num_threads(), "forms": list(forms),
-        "compile": bool(torch_compile), "channels_last": bool(channels_last),
-        "autocast": dtype if dtype == "bfloat16" else None,
-        "tf32": bool(torch_tf32) if torch_device == "cuda" else None,
-        "build_s": build_s, "first_call_s": first_s,
-        "finite_losses": bool(all(torch.isfinite(v).item() for v in losses.values())),
-        "param_counts_equal_jax": step.counts == counts,
-    }
-    calls["torch"] = tcalls
+    torch_side = TorchProcess(
+        config, host_batch, mean_face, num_classes, num_landmarks, warmup=warmup,
+        gpu=device.platform == "gpu", form=torch_form, compile=torch_compile,
+        channels_last=channels_last, tf32=torch_tf32, threads=torch_threads)
+    record["torch"] = torch_side.info
+    calls["torch"] = torch_side
 
-  seconds = {fw: {kind: [] for kind in c} for fw, c in calls.items()}
-  for _ in range(rounds):
-    for fw, fw_calls in calls.items():
-      for kind, timing in common.time_interleaved(fw_calls, steps).items():
-        seconds[fw][kind].append(timing["median_s"])
-
+  seconds = {fw: {} for fw in calls}
+  try:
+    for _ in range(rounds):
+      for fw, fw_calls in calls.items():
+        timings = (fw_calls.time_round(steps) if fw == "torch"
+                   else common.time_interleaved(fw_calls, steps))
+        for kind, timing in timings.items():
+          seconds[fw].setdefault(kind, []).append(timing["median_s"])
+  finally:
+    if "torch" in calls:
+      calls["torch"].close()
   record["load_average"]["end"] = os.getloadavg()[0]
   model_flops = {kind: analytic[kind]["matmul"] for kind in ("baseline", "aprn")}
   for fw, by_kind in seconds.items():
@@ -289,9 +368,8 @@ def measure(config, *, batch_size, rounds, steps, warmup, num_classes, num_landm
   if device.platform == "gpu":
     record["peak_tflops"] = peaks
     record["peak_source"] = PEAK_SOURCE if peaks else None
-    if "torch" in record and record["torch"]["device"] == "cuda":
-      import torch
-      record["torch"]["peak_memory_mib"] = torch.cuda.max_memory_allocated() / common.MIB
+    if "torch" in calls and record["torch"]["device"] == "cuda":
+      record["torch"]["peak_memory_mib"] = calls["torch"].peak_memory_mib
   return record
 
 

@@ -1,12 +1,14 @@
-"""layers.Conv and layers.max_pool against what flax's layers compile to; prints one JSON object.
+"""layers.Conv and layers.max_pool in each CPU form against flax's; prints one JSON object.
 
     python benchmarks/layers.py [--steps=7] [--scale=1] [--out=results.jsonl]
 
-For each layer shape of the configs where layers.py picks another form than flax's (and one
-where both are `lax.conv_general_dilated`): seconds of forward + backward (to the input and
-the kernel; to the input for the pool), median of --steps calls after one warm-up, with
-the `fast` forms and flax's (`layers.FORMS`), the two calls alternating; XLA's FLOP count of each; and the
-speed-up. --scale divides every batch (a quick run; the tests use it).
+For layer shapes of the configs (where the `xla` forms differ from flax's, and one where both
+are `lax.conv_general_dilated`): seconds of forward + backward (to the input and the kernel;
+to the input for the pool), median of --steps calls after one warm-up, in the forms
+(`layers.FORMS`) `onednn` (`fast` with oneDNN; left out where it is unavailable), `xla` and
+`flax`, the calls alternating; XLA's FLOP count of each (oneDNN's FFI calls count nothing);
+and each form's speed-up over flax's. --scale divides every batch (a quick run; the tests
+use it).
 """
 import os
 import sys
@@ -28,6 +30,8 @@ flags.DEFINE_string("out", None, "Also append the JSON line to this file.")
 
 # (name, batch, map size, input channels, features, kernel, stride, padding)
 CONVS = [
+    ("default stem (7x7/2, 3 -> 16)", 128, 64, 3, 16, 7, 2, ((3, 3), (3, 3))),
+    ("default stage1 conv2 (3x3, 16, same form)", 128, 16, 16, 16, 3, 1, "SAME"),
     ("default stage1 conv3 (1x1)", 128, 16, 16, 64, 1, 1, "SAME"),
     ("default stage2 conv1 (1x1)", 128, 16, 64, 32, 1, 1, "SAME"),
     ("default stage4 conv2 (3x3/2, 4 -> 2)", 128, 4, 128, 128, 3, 2, "SAME"),
@@ -60,15 +64,19 @@ def pool_case(forms, batch, size, channels, window, stride, padding):
 def measure(make, shape, steps):
   """{form: {compile, FLOPs, seconds}} for the CPU forms and flax's, timed alternately."""
   calls, record = {}, {}
-  for form, forms in (("layers", "fast"), ("flax", "flax")):
-    fn, args = make(forms, *shape)
+  forms = {"onednn": "fast", "xla": "xla", "flax": "flax"}
+  if layers.cpu_forms("fast") != "onednn":
+    del forms["onednn"]
+  for form, layer_forms in forms.items():
+    fn, args = make(layer_forms, *shape)
     lowered, compiled, compile_s = common.compile_timed(jax.jit(fn), *args)
     jax.block_until_ready(compiled(*args))
-    calls[form] = lambda c=compiled: jax.block_until_ready(c(*args))
+    calls[form] = lambda c=compiled, a=args: jax.block_until_ready(c(*a))
     record[form] = dict(compile_s=compile_s, flops=common.flops(lowered, compiled))
   for form, times in common.time_interleaved(calls, steps).items():
     record[form].update(step_s=times["median_s"], step_s_min=times["min_s"])
-  record["speedup"] = record["flax"]["step_s"] / record["layers"]["step_s"]
+  record["speedup"] = {form: record["flax"]["step_s"] / record[form]["step_s"]
+                       for form in forms if form != "flax"}
   return record
 
 

@@ -63,8 +63,9 @@ def get_config():
       sample_rate=1.0,            # sharded: share of each device's classes kept per step
                                   # (positives always kept); 1.0 = no sampling
       dtype="float32",            # bfloat16 on GPUs/TPUs: activations only
-      # fast: convolution and pool forms that are fast on XLA:CPU, flax's elsewhere; flax:
-      # flax's everywhere; portable: flax's with an explicit-pad max-pool (ONNX export).
+      # fast: on CPU oneDNN's convolutions and pools (XLA's forms where oneDNN is missing),
+      # flax's elsewhere; xla: XLA:CPU's fastest own forms; flax: flax's everywhere;
+      # portable: flax's with an explicit-pad max-pool (ONNX export). models/layers.py.
       layer_forms="fast",
   )
 

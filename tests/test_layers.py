@@ -1,12 +1,20 @@
-"""layers.Conv and layers.max_pool against flax's nn.Conv and nn.max_pool: parameters,
-outputs and gradients, and the form each one compiles to."""
+"""layers.Conv, layers.max_pool and layers.Dense against flax's nn.Conv, nn.max_pool and
+nn.Dense: parameters, outputs and gradients, and the form each one compiles to, in the XLA
+forms (`xla`) and, where oneDNN is installed, the oneDNN ones (`fast`)."""
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from aprn_jax.models import layers
+from aprn_jax.models import layers, onednn
+
+needs_onednn = pytest.mark.skipif(not onednn.available(),
+                                  reason=f"oneDNN unavailable: {onednn.unavailable_reason()}")
+# The forms compiled on CPU: XLA's own everywhere, oneDNN's where it is installed.
+CPU_FORMS = ["xla", pytest.param("fast", marks=needs_onednn)]
 
 # (map size, kernel, strides, padding, the form Conv should take)
 CONV_CASES = [
@@ -18,7 +26,6 @@ CONV_CASES = [
     (2, (3, 3), (1, 1), ((1, 1), (1, 1)), "window"),  # D on stage4 of a 64x64 ResNet
     (1, (3, 3), (1, 1), ((1, 1), (1, 1)), "window"),
     (2, (1, 1), (1, 1), "SAME", "dot"),
-    (6, (1, 1), (1, 1), "SAME", "wide"),          # a 1x1 kernel above NARROW_1X1_WEIGHTS
     (9, (7, 7), (2, 2), ((3, 3), (3, 3)), "conv"),  # a stem
     (5, (3, 3), (1, 1), "SAME", "conv"),
     (8, (3, 3), (2, 2), ((1, 1), (1, 1)), "conv"),
@@ -36,11 +43,8 @@ def _stablehlo(fn, *args):
 def test_conv_equals_nn_conv(size, kernel, strides, padding, form, monkeypatch):
   # Few channels keep the test fast; the tap form's threshold is lowered to reach it.
   monkeypatch.setattr(layers, "LARGE_TAP_WEIGHTS", 20 if form == "taps" else 10**9)
-  # and the 1x1 bound (5 x 4 weights here) to leave a wide 1x1 kernel a convolution.
-  monkeypatch.setattr(layers, "NARROW_1X1_WEIGHTS", 19 if form == "wide" else 10**9)
-  form = "conv" if form == "wide" else form
   x = jax.random.normal(jax.random.key(0), (3, size, size, 5))
-  ours = layers.Conv(4, kernel, strides, padding)
+  ours = layers.Conv(4, kernel, strides, padding, forms="xla")
   flax_conv = nn.Conv(4, kernel, strides, padding=padding, use_bias=False)
   variables = ours.init(jax.random.key(1), x)
   expected = flax_conv.init(jax.random.key(1), x)
@@ -81,10 +85,51 @@ def test_conv_is_lax_conv_off_cpu(monkeypatch):
   assert "select_and_scatter" in _stablehlo(grad, x)
 
 
-def test_conv_dtype_follows_nn_conv():
+@needs_onednn
+@pytest.mark.parametrize("size,kernel,strides,padding", [c[:4] for c in CONV_CASES] + [
+    (64, (7, 7), (2, 2), ((3, 3), (3, 3))),   # the default config's stem, 3 channels in
+    (7, (1, 1), (2, 2), ((0, 0), (0, 0))),    # a stride-2 1x1 shortcut on an odd map
+    (6, (3, 3), (2, 2), ((0, 1), (0, 1))),    # SAME's pads, written out
+    (5, (2, 2), (1, 1), ((0, 0), (0, 0))),
+    (1, (3, 3), (2, 2), "SAME"),              # taps on padding alone (stage4 of a 16x16 R)
+])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_onednn_conv_equals_nn_conv(size, kernel, strides, padding, dtype):
+  """The `fast` form on CPU is one oneDNN primitive per pass: the forward, the input gradient
+  and the kernel gradient each against nn.Conv's (XLA's convolution and its transposes) on the
+  same inputs; in bfloat16, against nn.Conv in float32 on the bfloat16-rounded map."""
+  x = jax.random.normal(jax.random.key(0), (3, size, size, 3 if size == 64 else 5))
+  x = x.astype(dtype).astype(jnp.float32)
+  ours = layers.Conv(4, kernel, strides, padding, dtype=dtype)
+  flax_conv = nn.Conv(4, kernel, strides, padding=padding, use_bias=False)
+  variables = ours.init(jax.random.key(1), x)
+  if dtype == jnp.bfloat16:  # the kernel as ours rounds it
+    variables = jax.tree.map(lambda k: k.astype(dtype).astype(jnp.float32), variables)
+  weights = jax.random.normal(jax.random.key(2), flax_conv.apply(variables, x).shape)
+  def loss(module):
+    return lambda v, x: jnp.sum(module.apply(v, x).astype(jnp.float32) * weights)
+  tolerance = dict(rtol=1e-5, atol=1e-5) if dtype == jnp.float32 else dict(rtol=2e-2, atol=5e-2)
+  y = ours.apply(variables, x)
+  assert y.dtype == dtype
+  np.testing.assert_allclose(y.astype(jnp.float32), flax_conv.apply(variables, x), **tolerance)
+  grads = jax.grad(loss(ours), (0, 1))(variables, x)
+  grads_expected = jax.grad(loss(flax_conv), (0, 1))(variables, x)
+  assert grads[0]["params"]["kernel"].dtype == jnp.float32
+  for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_expected)):
+    scale = float(jnp.abs(want).max())
+    np.testing.assert_allclose(got.astype(jnp.float32) / scale, want / scale, **tolerance)
+
+  program = _stablehlo(jax.grad(loss(ours), (0, 1)), variables, x)
+  assert "convolution" not in program and "dot_general" not in program
+  assert program.count("aprn_onednn_conv_backward") == 2
+  assert "aprn_onednn_conv_forward" in _stablehlo(lambda v: ours.apply(v, x), variables)
+
+
+@pytest.mark.parametrize("forms", CPU_FORMS)
+def test_conv_dtype_follows_nn_conv(forms):
   x = jnp.ones((2, 4, 4, 3))
   for kernel, strides in (((1, 1), (1, 1)), ((3, 3), (2, 2)), ((3, 3), (1, 1))):
-    ours = layers.Conv(4, kernel, strides, dtype=jnp.bfloat16)
+    ours = layers.Conv(4, kernel, strides, dtype=jnp.bfloat16, forms=forms)
     variables = ours.init(jax.random.key(0), x)
     assert variables["params"]["kernel"].dtype == jnp.float32
     assert ours.apply(variables, x).dtype == jnp.bfloat16
@@ -104,30 +149,66 @@ POOL_CASES = [
 
 @pytest.mark.parametrize("size,window,strides,padding", POOL_CASES)
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_max_pool_equals_nn_max_pool(size, window, strides, padding, dtype):
+@pytest.mark.parametrize("forms", CPU_FORMS)
+def test_max_pool_equals_nn_max_pool(size, window, strides, padding, dtype, forms):
   """Same outputs, and the same gradient bit for bit: integer inputs make many ties, which
   both give to the window's first maximum in row-major order; integer cotangents make the
   sums of overlapping windows exact."""
   rng = np.random.RandomState(size)
   x = jnp.asarray(rng.randint(0, 3, (2, size, size, 3)), dtype)
-  y = layers.max_pool(x, window, strides, padding)
+  y = layers.max_pool(x, window, strides, padding, forms)
   y_expected = nn.max_pool(x, window, strides, padding)
   np.testing.assert_array_equal(y, y_expected)
   assert y.dtype == y_expected.dtype
 
   cotangent = jnp.asarray(rng.randint(-4, 5, y.shape), dtype)
-  grad = jax.grad(lambda x: jnp.sum(layers.max_pool(x, window, strides, padding) * cotangent)
-                  .astype(jnp.float32))
+  grad = jax.grad(lambda x: jnp.sum(layers.max_pool(x, window, strides, padding, forms)
+                                    * cotangent).astype(jnp.float32))
   grad_expected = jax.grad(lambda x: jnp.sum(nn.max_pool(x, window, strides, padding)
                                              * cotangent).astype(jnp.float32))
   np.testing.assert_array_equal(grad(x), grad_expected(x))
-  assert "select_and_scatter" not in _stablehlo(grad, x)
+  program = _stablehlo(grad, x)
+  assert "select_and_scatter" not in program
+  assert ("aprn_onednn_max_pool" in program) == (forms == "fast")
 
 
-def test_max_pool_gradient_of_random_floats():
+@pytest.mark.parametrize("forms", CPU_FORMS)
+def test_max_pool_gradient_of_random_floats(forms):
   x = jax.random.normal(jax.random.key(0), (4, 16, 16, 8))
   cotangent = jax.random.normal(jax.random.key(1), (4, 8, 8, 8))
   args = ((3, 3), (2, 2), ((1, 1), (1, 1)))
-  grad = jax.grad(lambda x: jnp.sum(layers.max_pool(x, *args) * cotangent))(x)
+  grad = jax.grad(lambda x: jnp.sum(layers.max_pool(x, *args, forms) * cotangent))(x)
   grad_expected = jax.grad(lambda x: jnp.sum(nn.max_pool(x, *args) * cotangent))(x)
   np.testing.assert_allclose(grad, grad_expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("forms", CPU_FORMS + ["flax"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_dense_equals_nn_dense(forms, dtype):
+  """The same parameters as nn.Dense; outputs and gradients within the product's precision
+  (on CPU the product is float32 whatever the dtype, nn.Dense's is in dtype)."""
+  x = jax.random.normal(jax.random.key(0), (6, 20))
+  init = nn.initializers.normal(0.5)
+  ours = layers.Dense(7, dtype=dtype, forms=forms, bias_init=init)
+  flax_dense = nn.Dense(7, dtype=dtype, bias_init=init)
+  variables = ours.init(jax.random.key(1), x)
+  expected = flax_dense.init(jax.random.key(1), x)
+  assert jax.tree.structure(variables) == jax.tree.structure(expected)
+  for got, want in zip(jax.tree.leaves(variables), jax.tree.leaves(expected)):
+    np.testing.assert_array_equal(got, want)
+  tolerance = dict(rtol=1e-5, atol=1e-5) if dtype == jnp.float32 else dict(rtol=3e-2, atol=3e-2)
+  y = ours.apply(variables, x)
+  assert y.dtype == dtype
+  np.testing.assert_allclose(y.astype(jnp.float32),
+                             flax_dense.apply(variables, x).astype(jnp.float32), **tolerance)
+  weights = jax.random.normal(jax.random.key(2), y.shape)
+  def loss(module):
+    return lambda v, x: jnp.sum(module.apply(v, x).astype(jnp.float32) * weights)
+  grads = jax.grad(loss(ours), (0, 1))(variables, x)
+  grads_expected = jax.grad(loss(flax_dense), (0, 1))(variables, x)
+  for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_expected)):
+    assert got.dtype == want.dtype
+    np.testing.assert_allclose(got.astype(jnp.float32), want.astype(jnp.float32), **tolerance)
+  if forms != "flax":  # the kernel's gradient is one (in, out) product, not (out, in) copied
+    program = jax.jit(jax.grad(loss(ours))).lower(variables, x).compile().as_text()
+    assert re.search(r"= f32\[20,7\]\{1,0\} (dot|fusion)\(", program), program

@@ -55,9 +55,11 @@ class PoseDiscriminator(nn.Module):
     if self.pool:
       x = layers.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)), self.layer_forms)
     x = x.reshape((x.shape[0], -1))
-    x = nn.Dense(2 * self.num_landmarks, dtype=self.dtype, name="landmarks",
-                 kernel_init=_scaled(nn.initializers.lecun_normal(), self.output_kernel_scale),
-                 bias_init=self._mean_face_bias)(x)
+    x = layers.Dense(2 * self.num_landmarks, dtype=self.dtype, forms=self.layer_forms,
+                     name="landmarks",
+                     kernel_init=_scaled(nn.initializers.lecun_normal(),
+                                         self.output_kernel_scale),
+                     bias_init=self._mean_face_bias)(x)
     return x.astype(jnp.float32).reshape((-1, self.num_landmarks, 2))
 
 

@@ -1,33 +1,42 @@
-"""Convolution and max-pool with flax's parameters and results, written for speed on XLA:CPU.
+"""Convolution, max-pool and dense layers with flax's parameters and results, fast on CPU.
+
+Which forms a model uses is its `layer_forms` field (FORMS), set from config.model.layer_forms.
+On GPUs and TPUs every form compiles to what flax's layers compile to. On CPU:
+- `fast` (the default): convolutions and max-pools are oneDNN primitives, the library
+  PyTorch's CPU layers run on (aprn_jax/models/onednn.py: forward and both gradients as XLA
+  FFI calls on the maps as they lie in memory), 1x1 kernels after a strided slice; dense
+  layers as below. Where oneDNN cannot be built (it is Linux x86-64 only), `fast` is `xla`.
+- `xla`: XLA's own operations in the forms below, each measured against
+  `lax.conv_general_dilated`, forward + backward, by benchmarks/layers.py.
+- `flax`: exactly what flax's layers compile to (benchmarks compare the forms).
+- `portable`: flax's convolution and a max-pool written as an explicit -inf pad and a VALID
+  pool, the same values in a form every runtime takes (the ONNX export, aprn_jax/export.py).
 
 `Conv` is `nn.Conv` without bias: the same `kernel` parameter, initialiser and outputs (up to
-float rounding). On CPU it picks the fastest of these forms of the same computation (each
-measured against `lax.conv_general_dilated`, forward + backward, by benchmarks/layers.py):
-- a 1x1 kernel of at most 256 x 512 weights: a strided slice and a matrix product (1.25 to
-  2.9x faster on narrow layers). Wider ones stay convolutions: in a deep stage XLA:CPU fused
-  the residual stream's gradient (a running sum over the blocks above) into the transposed
-  copy each product's weight gradient takes, so every block recomputed the chain above it
-  (ResNet-101, float32, batch 4: 4.5 s a baseline step with every 1x1 kernel a product,
-  1.9 s with this bound; benchmarks/op_profile.py, docs/benchmarks.md);
+float rounding). Its `xla` forms:
+- a 1x1 kernel: a strided slice and a matrix product of the pixels as rows (1.25 to 2.9x
+  faster on narrow layers). As rows, the weight gradient is a product of two matrices; from
+  the 4-D map XLA:CPU first made a transposed copy of the output gradient and fused the
+  BatchNorm backward above it into that copy, once per block (ResNet-101 float32, batch 4:
+  1.96 s a step with a 4-D product on kernels up to 256 x 512 and convolutions above, 1.44 s
+  with the row form on all);
 - an output map of at most 2x2 (stage4 of a 64x64 ResNet, D on it): one matrix product per
   output pixel over the input pixels its window covers. XLA:CPU lowers the input gradient of
   such a convolution to a slow operand-swapped form (11 to 28x slower);
 - a kernel of at least 1024 x 1024 channels (D on a ResNet-101): one matrix product per
   kernel tap over the output pixels where that tap lands on the input (2.3x faster);
 - anything else: `lax.conv_general_dilated`, as `nn.Conv`.
-None of these multiplies a padding tap, so XLA's FLOP count is the convolution's. On GPUs and
-TPUs `Conv` is `lax.conv_general_dilated` throughout.
+None of these multiplies a padding tap, so XLA's FLOP count is the convolution's.
 
-Which forms a model uses is its `layer_forms` field (FORMS), set from config.model.layer_forms:
-`fast` the above; `flax` exactly what flax's layers compile to, on CPU too (benchmarks compare
-the two); `portable` flax's convolution and a max-pool written as an explicit -inf pad and a
-VALID pool, the same values in a form every runtime takes (the ONNX export, aprn_jax/export.py).
+`max_pool` is `nn.max_pool`; its `xla` form has a hand-written gradient. XLA:CPU lowers
+max-pool's gradient (select-and-scatter) to an argmax over windows with four index arrays and
+a scatter, a fifth of the default config's baseline step. Here the gradient goes, as in
+XLA's select-and-scatter, to the first maximum of each window in row-major order, through
+one masked, strided add per window offset (2.6 to 4.1x faster). oneDNN's routes it the same
+way (tests/test_layers.py, with ties).
 
-`max_pool` is `nn.max_pool` with, on CPU, a hand-written gradient. XLA:CPU lowers max-pool's
-gradient (select-and-scatter) to an argmax over windows with four index arrays and a
-scatter, a fifth of the default config's baseline step. Here the gradient goes, as in XLA's
-select-and-scatter, to the first maximum of each window in row-major order, through one
-masked, strided add per window offset (2.6 to 4.1x faster).
+`Dense` is `nn.Dense` (kernel and bias); on CPU its product is in float32 and its kernel
+gradient one (in, out) product (see `Dense`).
 """
 import functools
 from typing import Any, Sequence, Tuple, Union
@@ -37,13 +46,13 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-FORMS = ("fast", "flax", "portable")
+from aprn_jax.models import onednn
+
+FORMS = ("fast", "xla", "flax", "portable")
 # On CPU: output maps of at most this many pixels take one matrix product per output pixel,
 SMALL_MAP_PIXELS = 4
-# and kernels with at least this many weights per tap one matrix product per tap;
+# and kernels with at least this many weights per tap one matrix product per tap.
 LARGE_TAP_WEIGHTS = 1024 * 1024
-# 1x1 kernels with at most this many weights are a matrix product.
-NARROW_1X1_WEIGHTS = 256 * 512
 
 
 def check_forms(forms):
@@ -52,8 +61,11 @@ def check_forms(forms):
   return forms
 
 
-def _cpu_forms(forms):
-  return check_forms(forms) == "fast" and jax.default_backend() == "cpu"
+def cpu_forms(forms):
+  """The CPU forms `forms` compiles to here: "onednn", "xla", or None (flax's layers)."""
+  if check_forms(forms) not in ("fast", "xla") or jax.default_backend() != "cpu":
+    return None
+  return "onednn" if forms == "fast" and onednn.available() else "xla"
 
 
 def batch_norm(train, *, momentum, dtype, axis_name):
@@ -81,8 +93,14 @@ def _dot(x, kernel):
   """x @ kernel over x's last axis in float32, forward and backward.
 
   For bfloat16 this is what XLA:CPU's convolution does; a bfloat16 dot would also sum the
-  weight gradient (over batch x pixels) in bfloat16."""
-  return jnp.dot(x.astype(jnp.float32), kernel.astype(jnp.float32))
+  weight gradient (over batch x pixels) in bfloat16. x is flattened to one row per pixel
+  first: the weight gradient is then a dot contracting one axis of two matrices, which
+  XLA:CPU runs in place. From x's 4-D form JAX writes a dot over three axes, which XLA makes
+  canonical by a transposed copy of the output gradient, fused with the elementwise
+  BatchNorm backward that produces it (the default config's baseline step: ...)."""
+  rows = x.reshape(-1, x.shape[-1]).astype(jnp.float32)
+  out = jnp.dot(rows, kernel.astype(jnp.float32))
+  return out.reshape(x.shape[:-1] + (kernel.shape[-1],))
 
 
 def _window_products(x, kernel, strides, pads, out_shape):
@@ -148,13 +166,17 @@ class Conv(nn.Module):
     window, strides = tuple(self.kernel_size), tuple(self.strides)
     kernel = self.param("kernel", nn.linear.default_kernel_init,
                         window + (x.shape[-1], self.features), jnp.float32)
-    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     pads = _pads(x.shape[1:3], window, strides, self.padding)
+    forms = cpu_forms(self.forms)
+    if forms == "onednn":
+      if window == (1, 1) and pads == ((0, 0), (0, 0)):  # oneDNN's strided 1x1 is slow
+        x, strides = x[:, ::strides[0], ::strides[1]], (1, 1)
+      return onednn.conv(x.astype(self.dtype), kernel, strides, pads)
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     out_shape = tuple((size + lo + hi - k) // s + 1
                       for size, (lo, hi), k, s in zip(x.shape[1:3], pads, window, strides))
-    if _cpu_forms(self.forms):
-      if (window == (1, 1) and pads == ((0, 0), (0, 0))
-          and x.shape[-1] * self.features <= NARROW_1X1_WEIGHTS):
+    if forms == "xla":
+      if window == (1, 1) and pads == ((0, 0), (0, 0)):
         return _dot(x[:, ::strides[0], ::strides[1]], kernel[0, 0]).astype(x.dtype)
       if out_shape[0] * out_shape[1] <= SMALL_MAP_PIXELS:
         return _window_products(x, kernel, strides, pads, out_shape)
@@ -164,10 +186,55 @@ class Conv(nn.Module):
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+@jax.custom_vjp
+def _dense(x, kernel, bias):
+  return (_dot(x, kernel) + bias).astype(x.dtype)
+
+
+def _dense_forward(x, kernel, bias):
+  return _dense(x, kernel, bias), (x, kernel)
+
+
+def _dense_backward(residuals, grad):
+  x, kernel = residuals
+  grad = grad.astype(jnp.float32)
+  # The kernel's gradient as one (in, out) product: from the transpose of x @ kernel, XLA:CPU
+  # computed it as (out, in) and copied it over (ResNet-101's embedding, 100352 x 256 weights:
+  # 2.4x slower than this form, forward + backward in bfloat16, batch 4).
+  dkernel = jnp.einsum("bi,bo->io", x.astype(jnp.float32), grad)
+  return (jnp.dot(grad, kernel.T).astype(x.dtype), dkernel, grad.sum(0))
+
+
+_dense.defvjp(_dense_forward, _dense_backward)
+
+
+class Dense(nn.Dense):
+  """`nn.Dense` (its fields, parameters and, off CPU or in the flax and portable forms, its
+  call, so the ONNX export sees flax's layer), with the layer forms' field `forms`.
+
+  On CPU (forms fast or xla) the product is in float32 whatever `dtype` (XLA:CPU computes a
+  bfloat16 product in float32 anyway, after rounding the kernel to bfloat16 and converting it
+  back, a pass over the kernel each step) and the kernel's gradient is one (in, out) product
+  (`_dense_backward`)."""
+  forms: str = "fast"  # FORMS
+
+  @nn.compact
+  def __call__(self, x):
+    if not cpu_forms(self.forms) or not self.use_bias:
+      return super().__call__(x)
+    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features),
+                        self.param_dtype)
+    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+    return _dense(x.astype(self.dtype or x.dtype), kernel, bias)
+
+
 def max_pool(x, window, strides, padding="VALID", forms="fast"):
   """`nn.max_pool(x, window, strides, padding)` on NHWC maps, in the form `forms` (FORMS)."""
   window, strides = tuple(window), tuple(strides)
-  if _cpu_forms(forms):
+  form = cpu_forms(forms)
+  if form == "onednn":
+    return onednn.max_pool(x, window, strides, _pads(x.shape[1:3], window, strides, padding))
+  if form == "xla":
     return _max_pool(x, window, strides, _pads(x.shape[1:3], window, strides, padding))
   if forms == "portable":  # jax2onnx's max_pool takes padding as a string only
     pads = _pads(x.shape[1:3], window, strides, padding)

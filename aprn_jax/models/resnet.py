@@ -83,5 +83,6 @@ class ResNet(nn.Module):
       x = nn.relu(norm(name=f"stage{i + 1}_bn")(x))
       taps[f"stage{i + 1}"] = x
     x = x.reshape((x.shape[0], -1))
-    embedding = nn.Dense(self.embedding_dim, dtype=self.dtype, name="embedding")(x)
+    embedding = layers.Dense(self.embedding_dim, dtype=self.dtype, forms=self.layer_forms,
+                             name="embedding")(x)
     return embedding, taps

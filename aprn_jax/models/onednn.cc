@@ -1,0 +1,363 @@
+// 2-D convolution (NHWC maps, HWIO kernels: forward, input gradient, kernel gradient) and max-pool
+// (NHWC: forward, forward keeping the argmax, gradient) through oneDNN's CPU primitives, as XLA
+// FFI handlers (aprn_jax/models/onednn.py builds and binds them; docs/benchmarks.md, "PyTorch
+// side by side", gives the measurements that made them the CPU forms).
+//
+// Every handler takes the maps in the caller's NHWC layout and the kernel in HWIO, so no layout
+// copy is made of the (large) maps; oneDNN may pick a blocked layout for the (small) kernel,
+// which is then reordered in a temporary buffer. Primitives are created once per shape and kept;
+// each call passes its own scratchpad, so concurrent calls (several devices) share nothing
+// mutable.
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+using dnnl::memory;
+using Tag = memory::format_tag;
+
+enum class Kind {
+  kForward, kBackwardData, kBackwardWeights, kPoolInference, kPoolTraining, kPoolBackward
+};
+
+struct Geometry {
+  int64_t n, h, w, c;     // input map
+  int64_t oh, ow, f;      // output map
+  int64_t kh, kw;         // kernel window
+  int64_t sh, sw;         // strides
+  int64_t pt, pl, pb, pr; // pads; pb and pr are oneDNN's (taps past the last output unused)
+  memory::data_type map_type, kernel_type;
+
+  auto key(Kind kind) const {
+    return std::make_tuple(static_cast<int>(kind), n, h, w, c, oh, ow, f, kh, kw, sh, sw, pt, pl,
+                           pb, pr, static_cast<int>(map_type), static_cast<int>(kernel_type));
+  }
+  memory::desc input(memory::data_type type) const { return {{n, c, h, w}, type, Tag::nhwc}; }
+  memory::desc output(memory::data_type type) const { return {{n, f, oh, ow}, type, Tag::nhwc}; }
+  memory::desc kernel(memory::data_type type, Tag tag) const {
+    return {{f, c, kh, kw}, type, tag};
+  }
+  memory::dims strides() const { return {sh, sw}; }
+  memory::dims pad_lo() const { return {pt, pl}; }
+  memory::dims pad_hi() const { return {pb, pr}; }
+};
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+dnnl::primitive_attr UserScratchpad() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
+  return {Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+          g.input(g.map_type), g.kernel(g.map_type, Tag::any), g.output(g.map_type),
+          g.strides(), g.pad_lo(), g.pad_hi(), UserScratchpad()};
+}
+
+dnnl::pooling_forward::primitive_desc PoolDesc(const Geometry& g, dnnl::prop_kind prop) {
+  return {Engine(), prop, dnnl::algorithm::pooling_max, g.input(g.map_type),
+          g.output(g.map_type), g.strides(), {g.kh, g.kw}, {0, 0}, g.pad_lo(), g.pad_hi(),
+          UserScratchpad()};
+}
+
+// One cached primitive: the primitive, the kernel layout (convolutions) or workspace layout
+// (max-pool) it wants, and its scratchpad size.
+struct Entry {
+  dnnl::primitive primitive;
+  memory::desc kernel_desc;
+  size_t scratchpad_bytes;
+};
+
+std::shared_ptr<Entry> Lookup(const Geometry& g, Kind kind) {
+  using Key = decltype(g.key(kind));
+  static std::mutex mutex;
+  static std::map<Key, std::shared_ptr<Entry>> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& slot = cache[g.key(kind)];
+  if (slot) return slot;
+  auto entry = std::make_shared<Entry>();
+  if (kind == Kind::kForward) {
+    auto pd = ForwardDesc(g);
+    *entry = {dnnl::convolution_forward(pd), pd.weights_desc(), pd.scratchpad_desc().get_size()};
+  } else if (kind == Kind::kBackwardData) {
+    dnnl::convolution_backward_data::primitive_desc pd(
+        Engine(), dnnl::algorithm::convolution_direct, g.input(g.map_type),
+        g.kernel(g.map_type, Tag::any), g.output(g.map_type), g.strides(), g.pad_lo(),
+        g.pad_hi(), ForwardDesc(g), UserScratchpad());
+    *entry = {dnnl::convolution_backward_data(pd), pd.weights_desc(),
+              pd.scratchpad_desc().get_size()};
+  } else if (kind == Kind::kPoolInference || kind == Kind::kPoolTraining) {
+    auto pd = PoolDesc(g, kind == Kind::kPoolTraining ? dnnl::prop_kind::forward_training
+                                                      : dnnl::prop_kind::forward_inference);
+    *entry = {dnnl::pooling_forward(pd), pd.workspace_desc(), pd.scratchpad_desc().get_size()};
+  } else if (kind == Kind::kPoolBackward) {
+    auto hint = PoolDesc(g, dnnl::prop_kind::forward_training);
+    dnnl::pooling_backward::primitive_desc pd(
+        Engine(), dnnl::algorithm::pooling_max, g.input(g.map_type), g.output(g.map_type),
+        g.strides(), {g.kh, g.kw}, {0, 0}, g.pad_lo(), g.pad_hi(), hint, UserScratchpad());
+    *entry = {dnnl::pooling_backward(pd), pd.workspace_desc(), pd.scratchpad_desc().get_size()};
+  } else {
+    dnnl::convolution_backward_weights::primitive_desc pd(
+        Engine(), dnnl::algorithm::convolution_direct, g.input(g.map_type),
+        g.kernel(g.kernel_type, Tag::any), g.output(g.map_type), g.strides(), g.pad_lo(),
+        g.pad_hi(), ForwardDesc(g), UserScratchpad());
+    *entry = {dnnl::convolution_backward_weights(pd), pd.diff_weights_desc(),
+              pd.scratchpad_desc().get_size()};
+  }
+  slot = entry;
+  return entry;
+}
+
+// A 64-byte aligned buffer of this thread's, kept from call to call and grown as needed:
+// freeing and reallocating the (multi-megabyte) scratchpads at every call cost page faults
+// in this step and made later PyTorch steps in the same process 40% slower (system time).
+void* ThreadBuffer(int slot, size_t bytes) {
+  struct Slot {
+    void* data = nullptr;
+    size_t bytes = 0;
+    ~Slot() { std::free(data); }
+  };
+  thread_local Slot slots[2];
+  Slot& s = slots[slot];
+  if (bytes > s.bytes) {
+    std::free(s.data);
+    s.bytes = (bytes + 63) / 64 * 64;
+    s.data = std::aligned_alloc(64, s.bytes);
+    if (!s.data) {
+      s.bytes = 0;
+      throw std::bad_alloc();
+    }
+  }
+  return s.data;
+}
+
+ffi::Error Run(Kind kind, const Geometry& g, void* input, void* kernel, void* output) {
+  try {
+    auto entry = Lookup(g, kind);
+    auto& engine = Engine();
+    dnnl::stream stream(engine);
+    memory::desc user_kernel_desc =
+        g.kernel(kind == Kind::kBackwardWeights ? g.kernel_type : g.map_type, Tag::hwio);
+    memory user_kernel(user_kernel_desc, engine, kernel);
+    bool reorder = entry->kernel_desc != user_kernel_desc;
+    memory op_kernel =
+        reorder ? memory(entry->kernel_desc, engine,
+                         ThreadBuffer(0, entry->kernel_desc.get_size()))
+                : user_kernel;
+    memory scratchpad({{static_cast<int64_t>(entry->scratchpad_bytes)}, memory::data_type::u8,
+                       Tag::a}, engine, ThreadBuffer(1, entry->scratchpad_bytes));
+    memory in(g.input(g.map_type), engine, input);
+    memory out(g.output(g.map_type), engine, output);
+    if (kind == Kind::kForward) {
+      if (reorder) dnnl::reorder(user_kernel, op_kernel).execute(stream, user_kernel, op_kernel);
+      entry->primitive.execute(stream, {{DNNL_ARG_SRC, in}, {DNNL_ARG_WEIGHTS, op_kernel},
+                                        {DNNL_ARG_DST, out}, {DNNL_ARG_SCRATCHPAD, scratchpad}});
+    } else if (kind == Kind::kBackwardData) {
+      if (reorder) dnnl::reorder(user_kernel, op_kernel).execute(stream, user_kernel, op_kernel);
+      entry->primitive.execute(stream, {{DNNL_ARG_DIFF_SRC, in}, {DNNL_ARG_WEIGHTS, op_kernel},
+                                        {DNNL_ARG_DIFF_DST, out},
+                                        {DNNL_ARG_SCRATCHPAD, scratchpad}});
+    } else {
+      // Where some kernel taps land on padding alone (a stride-2 window on a 1x1 map), oneDNN
+      // 3.2's kernel gradient leaves their entries as it found them, in the output or in its
+      // scratchpad: start both from zeros.
+      std::memset(op_kernel.get_data_handle(), 0, entry->kernel_desc.get_size());
+      std::memset(scratchpad.get_data_handle(), 0, entry->scratchpad_bytes);
+      entry->primitive.execute(stream, {{DNNL_ARG_SRC, in}, {DNNL_ARG_DIFF_WEIGHTS, op_kernel},
+                                        {DNNL_ARG_DIFF_DST, out},
+                                        {DNNL_ARG_SCRATCHPAD, scratchpad}});
+      if (reorder) dnnl::reorder(op_kernel, user_kernel).execute(stream, op_kernel, user_kernel);
+    }
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("oneDNN convolution: ") + e.what());
+  } catch (const std::bad_alloc&) {
+    return ffi::Error::Internal("oneDNN convolution: out of memory for a temporary buffer");
+  }
+  return ffi::Error::Success();
+}
+
+// Max-pool: `input` is the map (forward) or its gradient (backward), `output` the pooled map
+// or its gradient; `workspace` (training forward and backward) holds each output's argmax.
+ffi::Error RunPool(Kind kind, const Geometry& g, void* input, void* output, void* workspace,
+                   size_t workspace_bytes) {
+  try {
+    auto entry = Lookup(g, kind);
+    auto& engine = Engine();
+    dnnl::stream stream(engine);
+    if (kind != Kind::kPoolInference && entry->kernel_desc.get_size() != workspace_bytes)
+      return ffi::Error::Internal(
+          "oneDNN max-pool: workspace of " + std::to_string(entry->kernel_desc.get_size()) +
+          " bytes, not one byte per output (" + std::to_string(workspace_bytes) + ")");
+    memory scratchpad({{static_cast<int64_t>(entry->scratchpad_bytes)}, memory::data_type::u8,
+                       Tag::a}, engine, ThreadBuffer(1, entry->scratchpad_bytes));
+    memory in(g.input(g.map_type), engine, input);
+    memory out(g.output(g.map_type), engine, output);
+    std::unordered_map<int, memory> args{{DNNL_ARG_SCRATCHPAD, scratchpad}};
+    if (kind != Kind::kPoolInference)
+      args[DNNL_ARG_WORKSPACE] = memory(entry->kernel_desc, engine, workspace);
+    if (kind == Kind::kPoolBackward) {
+      args[DNNL_ARG_DIFF_SRC] = in;
+      args[DNNL_ARG_DIFF_DST] = out;
+    } else {
+      args[DNNL_ARG_SRC] = in;
+      args[DNNL_ARG_DST] = out;
+    }
+    entry->primitive.execute(stream, args);
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("oneDNN max-pool: ") + e.what());
+  } catch (const std::bad_alloc&) {
+    return ffi::Error::Internal("oneDNN max-pool: out of memory for a temporary buffer");
+  }
+  return ffi::Error::Success();
+}
+
+memory::data_type DnnlType(ffi::DataType type) {
+  return type == ffi::DataType::BF16 ? memory::data_type::bf16 : memory::data_type::f32;
+}
+
+bool Supported(ffi::DataType type) {
+  return type == ffi::DataType::F32 || type == ffi::DataType::BF16;
+}
+
+// The geometry from the input map's, output map's and kernel's dimensions and the attributes.
+ffi::ErrorOr<Geometry> MakeGeometry(ffi::Span<const int64_t> in, ffi::Span<const int64_t> out,
+                                    ffi::Span<const int64_t> k, ffi::DataType map_type,
+                                    ffi::DataType kernel_type, int64_t sh, int64_t sw,
+                                    int64_t pt, int64_t pl) {
+  if (in.size() != 4 || out.size() != 4 || k.size() != 4)
+    return ffi::Unexpected(ffi::Error::InvalidArgument("oneDNN convolution: maps and kernel must be 4-D"));
+  if (!Supported(map_type) || !Supported(kernel_type))
+    return ffi::Unexpected(ffi::Error::InvalidArgument("oneDNN convolution: float32 or bfloat16 only"));
+  Geometry g{in[0], in[1], in[2], in[3], out[1], out[2], out[3], k[0], k[1], sh, sw, pt, pl,
+             (out[1] - 1) * sh + k[0] - in[1] - pt, (out[2] - 1) * sw + k[1] - in[2] - pl,
+             DnnlType(map_type), DnnlType(kernel_type)};
+  if (out[0] != in[0] || k[2] != in[3] || k[3] != out[3] || g.pb < 0 || g.pr < 0)
+    return ffi::Unexpected(ffi::Error::InvalidArgument("oneDNN convolution: inconsistent shapes"));
+  return g;
+}
+
+ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer kernel, ffi::Result<ffi::AnyBuffer> y,
+                   int64_t sh, int64_t sw, int64_t pt, int64_t pl) {
+  auto g = MakeGeometry(x.dimensions(), y->dimensions(), kernel.dimensions(), x.element_type(),
+                        kernel.element_type(), sh, sw, pt, pl);
+  if (g.has_error()) return g.error();
+  return Run(Kind::kForward, *g, x.untyped_data(), kernel.untyped_data(), y->untyped_data());
+}
+
+ffi::Error BackwardData(ffi::AnyBuffer dy, ffi::AnyBuffer kernel,
+                        ffi::Result<ffi::AnyBuffer> dx, int64_t sh, int64_t sw, int64_t pt,
+                        int64_t pl) {
+  auto g = MakeGeometry(dx->dimensions(), dy.dimensions(), kernel.dimensions(),
+                        dy.element_type(), kernel.element_type(), sh, sw, pt, pl);
+  if (g.has_error()) return g.error();
+  return Run(Kind::kBackwardData, *g, dx->untyped_data(), kernel.untyped_data(),
+             dy.untyped_data());
+}
+
+ffi::Error BackwardKernel(ffi::AnyBuffer x, ffi::AnyBuffer dy,
+                          ffi::Result<ffi::AnyBuffer> dkernel, int64_t sh, int64_t sw,
+                          int64_t pt, int64_t pl) {
+  auto g = MakeGeometry(x.dimensions(), dy.dimensions(), dkernel->dimensions(),
+                        x.element_type(), dkernel->element_type(), sh, sw, pt, pl);
+  if (g.has_error()) return g.error();
+  return Run(Kind::kBackwardWeights, *g, x.untyped_data(), dkernel->untyped_data(),
+             dy.untyped_data());
+}
+
+// The pool's geometry: the window as the kernel's first two dimensions, channels kept.
+ffi::ErrorOr<Geometry> PoolGeometry(ffi::Span<const int64_t> in, ffi::Span<const int64_t> out,
+                                    ffi::DataType type, int64_t wh, int64_t ww, int64_t sh,
+                                    int64_t sw, int64_t pt, int64_t pl) {
+  if (in.size() != 4 || out.size() != 4 || in[3] != out[3])
+    return ffi::Unexpected(ffi::Error::InvalidArgument("oneDNN max-pool: inconsistent shapes"));
+  int64_t window[4] = {wh, ww, in[3], in[3]};
+  return MakeGeometry(in, out, ffi::Span<const int64_t>(window, 4), type, type, sh, sw, pt, pl);
+}
+
+ffi::Error Pool(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y, int64_t wh, int64_t ww,
+                int64_t sh, int64_t sw, int64_t pt, int64_t pl) {
+  auto g = PoolGeometry(x.dimensions(), y->dimensions(), x.element_type(), wh, ww, sh, sw, pt,
+                        pl);
+  if (g.has_error()) return g.error();
+  return RunPool(Kind::kPoolInference, *g, x.untyped_data(), y->untyped_data(), nullptr, 0);
+}
+
+ffi::Error PoolTraining(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y,
+                        ffi::Result<ffi::AnyBuffer> argmax, int64_t wh, int64_t ww,
+                        int64_t sh, int64_t sw, int64_t pt, int64_t pl) {
+  auto g = PoolGeometry(x.dimensions(), y->dimensions(), x.element_type(), wh, ww, sh, sw, pt,
+                        pl);
+  if (g.has_error()) return g.error();
+  return RunPool(Kind::kPoolTraining, *g, x.untyped_data(), y->untyped_data(),
+                 argmax->untyped_data(), argmax->size_bytes());
+}
+
+ffi::Error PoolBackward(ffi::AnyBuffer dy, ffi::AnyBuffer argmax,
+                        ffi::Result<ffi::AnyBuffer> dx, int64_t wh, int64_t ww, int64_t sh,
+                        int64_t sw, int64_t pt, int64_t pl) {
+  auto g = PoolGeometry(dx->dimensions(), dy.dimensions(), dy.element_type(), wh, ww, sh, sw,
+                        pt, pl);
+  if (g.has_error()) return g.error();
+  return RunPool(Kind::kPoolBackward, *g, dx->untyped_data(), dy.untyped_data(),
+                 argmax.untyped_data(), argmax.size_bytes());
+}
+
+}  // namespace
+
+#define APRN_POOL_ATTRS                                                             \
+  .Attr<int64_t>("window_h").Attr<int64_t>("window_w") APRN_CONV_ATTRS
+
+#define APRN_CONV_ATTRS                                                             \
+  .Attr<int64_t>("stride_h").Attr<int64_t>("stride_w").Attr<int64_t>("pad_top")     \
+      .Attr<int64_t>("pad_left")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AprnConvForward, Forward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>() APRN_CONV_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AprnConvBackwardData, BackwardData,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>() APRN_CONV_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AprnConvBackwardKernel, BackwardKernel,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>() APRN_CONV_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AprnMaxPool, Pool,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>() APRN_POOL_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AprnMaxPoolTraining, PoolTraining,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>() APRN_POOL_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AprnMaxPoolBackward, PoolBackward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>() APRN_POOL_ATTRS);
