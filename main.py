@@ -20,8 +20,12 @@ Any config field can be overridden: --config.aprn.alpha=0.3 --config.train.batch
 """
 import os
 
-from absl import app, flags
-from ml_collections import config_flags
+from aprn_jax import host
+
+host.keep_freed_memory()  # before JAX and TensorFlow start their threads (aprn_jax/host.py)
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)

@@ -14,8 +14,12 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
-from aprn_jax import models
+from aprn_jax import host, models
 from input_pipeline import landmarks
+
+# Every benchmark (and compare_torch's PyTorch process) runs with glibc keeping freed memory,
+# as main.py does (aprn_jax/host.py); imported before any JAX computation starts XLA's threads.
+KEEPS_FREED_MEMORY = host.keep_freed_memory()
 
 MIB = 2**20
 

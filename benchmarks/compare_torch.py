@@ -186,7 +186,8 @@ def _torch_worker(connection, config, host_batch, mean_face, num_classes, num_la
         "version": torch.__version__, "device": device,
         "device_name": torch.cuda.get_device_name() if device == "cuda" else None,
         "threads": torch.get_num_threads(), "forms": list(forms),
-        "process": "own", "compile": bool(options["compile"]),
+        "process": "own", "keeps_freed_memory": common.KEEPS_FREED_MEMORY,
+        "compile": bool(options["compile"]),
         "channels_last": bool(options["channels_last"]),
         "autocast": config.model.dtype if config.model.dtype == "bfloat16" else None,
         "tf32": bool(options["tf32"]) if device == "cuda" else None,
@@ -295,6 +296,7 @@ def measure(config, *, batch_size, rounds, steps, warmup, num_classes, num_landm
                                                "dense_conv_flops")}
                          for k, v in analytic.items()}}}
   record["load_average"] = {"start": os.getloadavg()[0]}  # 1-minute: is the machine quiet?
+  record["keeps_freed_memory"] = common.KEEPS_FREED_MEMORY  # aprn_jax/host.py
   calls = {}
 
   if "jax" in frameworks:

@@ -5,7 +5,8 @@
 //
 // Every handler takes the maps in the caller's NHWC layout and the kernel in HWIO, so no layout
 // copy is made of the (large) maps; oneDNN may pick a blocked layout for the (small) kernel,
-// which is then reordered in a temporary buffer. Primitives are created once per shape and kept;
+// which is then reordered in a temporary buffer. The kernel stays float32 with bfloat16 maps:
+// the reorder rounds it (forward, input gradient) and the kernel gradient is summed in float32. Primitives are created once per shape and kept;
 // each call passes its own scratchpad, so concurrent calls (several devices) share nothing
 // mutable.
 #include <cstdint>
@@ -150,13 +151,30 @@ void* ThreadBuffer(int slot, size_t bytes) {
   return s.data;
 }
 
+// Whether some kernel offset reads no pixel of the map from any output position.
+bool HasPaddingOnlyTaps(const Geometry& g) {
+  auto dead = [](int64_t size, int64_t out, int64_t kernel, int64_t stride, int64_t pad) {
+    for (int64_t offset = 0; offset < kernel; ++offset) {
+      bool reads = false;
+      for (int64_t o = 0; o < out && !reads; ++o) {
+        int64_t at = o * stride + offset - pad;
+        reads = at >= 0 && at < size;
+      }
+      if (!reads) return true;
+    }
+    return false;
+  };
+  return dead(g.h, g.oh, g.kh, g.sh, g.pt) || dead(g.w, g.ow, g.kw, g.sw, g.pl);
+}
+
 ffi::Error Run(Kind kind, const Geometry& g, void* input, void* kernel, void* output) {
   try {
     auto entry = Lookup(g, kind);
     auto& engine = Engine();
     dnnl::stream stream(engine);
-    memory::desc user_kernel_desc =
-        g.kernel(kind == Kind::kBackwardWeights ? g.kernel_type : g.map_type, Tag::hwio);
+    // The caller's kernel (or kernel gradient) in its own type: a float32 kernel for
+    // bfloat16 maps is rounded to bfloat16 by the reorder into the primitive's layout.
+    memory::desc user_kernel_desc = g.kernel(g.kernel_type, Tag::hwio);
     memory user_kernel(user_kernel_desc, engine, kernel);
     bool reorder = entry->kernel_desc != user_kernel_desc;
     memory op_kernel =
@@ -180,8 +198,10 @@ ffi::Error Run(Kind kind, const Geometry& g, void* input, void* kernel, void* ou
       // Where some kernel taps land on padding alone (a stride-2 window on a 1x1 map), oneDNN
       // 3.2's kernel gradient leaves their entries as it found them, in the output or in its
       // scratchpad: start both from zeros.
-      std::memset(op_kernel.get_data_handle(), 0, entry->kernel_desc.get_size());
-      std::memset(scratchpad.get_data_handle(), 0, entry->scratchpad_bytes);
+      if (HasPaddingOnlyTaps(g)) {
+        std::memset(op_kernel.get_data_handle(), 0, entry->kernel_desc.get_size());
+        std::memset(scratchpad.get_data_handle(), 0, entry->scratchpad_bytes);
+      }
       entry->primitive.execute(stream, {{DNNL_ARG_SRC, in}, {DNNL_ARG_DIFF_WEIGHTS, op_kernel},
                                         {DNNL_ARG_DIFF_DST, out},
                                         {DNNL_ARG_SCRATCHPAD, scratchpad}});

@@ -130,15 +130,17 @@ def _conv(x, kernel, strides, pads):
 
 def _forward(x, kernel, strides, pads):
   out = (x.shape[0],) + _out_shape(x, kernel, strides, pads) + (kernel.shape[-1],)
+  # The kernel goes in float32: oneDNN rounds it to x's dtype as it lays it out for the
+  # primitive (a separate cast was a pass over every kernel, twice a step).
   y = jax.ffi.ffi_call("aprn_onednn_conv_forward", jax.ShapeDtypeStruct(out, x.dtype))(
-      x, kernel.astype(x.dtype), **_attrs(strides, pads))
+      x, kernel, **_attrs(strides, pads))
   return y, (x, kernel)
 
 
 def _backward(strides, pads, residuals, grad):
   x, kernel = residuals
   dx = jax.ffi.ffi_call("aprn_onednn_conv_backward_data", jax.ShapeDtypeStruct(
-      x.shape, x.dtype))(grad, kernel.astype(x.dtype), **_attrs(strides, pads))
+      x.shape, x.dtype))(grad, kernel, **_attrs(strides, pads))
   # The kernel gradient is summed in float32 and returned in the kernel's own dtype (the
   # float32 parameter), as XLA's convolution of bfloat16 maps does.
   dkernel = jax.ffi.ffi_call("aprn_onednn_conv_backward_kernel", jax.ShapeDtypeStruct(
