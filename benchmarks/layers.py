@@ -5,8 +5,9 @@
 For layer shapes of the configs (where the `xla` forms differ from flax's, and one where both
 are `lax.conv_general_dilated`): seconds of forward + backward (to the input and the kernel;
 to the input for the pool), median of --steps calls after one warm-up, in the forms
-(`layers.FORMS`) `onednn` (`fast` with oneDNN; left out where it is unavailable), `xla` and
-`flax`, the calls alternating; XLA's FLOP count of each (oneDNN's FFI calls count nothing);
+(`layers.FORMS`) `fast` (with oneDNN; left out where it is unavailable, since it is then
+`xla`), `xla` and `flax`, the calls alternating; XLA's FLOP count of each (oneDNN's FFI calls
+count nothing);
 and each form's speed-up over flax's. --scale divides every batch (a quick run; the tests
 use it).
 """
@@ -64,9 +65,9 @@ def pool_case(forms, batch, size, channels, window, stride, padding):
 def measure(make, shape, steps):
   """{form: {compile, FLOPs, seconds}} for the CPU forms and flax's, timed alternately."""
   calls, record = {}, {}
-  forms = {"onednn": "fast", "xla": "xla", "flax": "flax"}
-  if layers.cpu_forms("fast") != "onednn":
-    del forms["onednn"]
+  forms = {"fast": "fast", "xla": "xla", "flax": "flax"}
+  if layers.cpu_forms("fast") != "onednn":  # then fast is xla
+    del forms["fast"]
   for form, layer_forms in forms.items():
     fn, args = make(layer_forms, *shape)
     lowered, compiled, compile_s = common.compile_timed(jax.jit(fn), *args)

@@ -152,6 +152,18 @@ def _tap_products(x, kernel, strides, pads, out_shape):
   return out.astype(x.dtype)
 
 
+def _xla_products_win(dtype, window, out_shape, weights_per_tap):
+  """Whether, in the `fast` forms, this convolution keeps XLA's matrix-product form over
+  oneDNN's: in float32, on an output map of at most SMALL_MAP_PIXELS (one product per output
+  pixel: the default config's D 5.5 against 11.8 ms, forward + backward, batch 128) or with
+  at least LARGE_TAP_WEIGHTS per tap (one product per tap: ResNet-101's D 174 against 266 ms,
+  batch 4). In bfloat16 oneDNN's (AMX on this Intel Xeon) wins: ResNet-101's D 179 against
+  499 ms (benchmarks/layers.py, docs/benchmarks.md)."""
+  return (jnp.dtype(dtype) == jnp.float32 and window != (1, 1)
+          and (out_shape[0] * out_shape[1] <= SMALL_MAP_PIXELS
+               or weights_per_tap >= LARGE_TAP_WEIGHTS))
+
+
 class Conv(nn.Module):
   """`nn.Conv(features, kernel_size, strides, padding, use_bias=False, dtype=dtype)`."""
   features: int
@@ -167,14 +179,17 @@ class Conv(nn.Module):
     kernel = self.param("kernel", nn.linear.default_kernel_init,
                         window + (x.shape[-1], self.features), jnp.float32)
     pads = _pads(x.shape[1:3], window, strides, self.padding)
+    out_shape = tuple((size + lo + hi - k) // s + 1
+                      for size, (lo, hi), k, s in zip(x.shape[1:3], pads, window, strides))
     forms = cpu_forms(self.forms)
+    if forms == "onednn" and _xla_products_win(self.dtype, window, out_shape,
+                                               x.shape[-1] * self.features):
+      forms = "xla"
     if forms == "onednn":
       if window == (1, 1) and pads == ((0, 0), (0, 0)):  # oneDNN's strided 1x1 is slow
         x, strides = x[:, ::strides[0], ::strides[1]], (1, 1)
       return onednn.conv(x.astype(self.dtype), kernel, strides, pads)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    out_shape = tuple((size + lo + hi - k) // s + 1
-                      for size, (lo, hi), k, s in zip(x.shape[1:3], pads, window, strides))
     if forms == "xla":
       if window == (1, 1) and pads == ((0, 0), (0, 0)):
         return _dot(x[:, ::strides[0], ::strides[1]], kernel[0, 0]).astype(x.dtype)
