@@ -115,7 +115,10 @@ def test_cfp_ff_accuracy_from_the_onnx_model_equals_jax(trained, exported, monke
                       Embedder(config, stored_size, embed_fn=model.embed))
   figures = evaluate.evaluate(config, run.saved_data(workdir), None, None)["cfp_ff"]
   assert figures["accuracy"] == results["aprn"]["cfp_ff"]["accuracy"]
-  assert figures["auc"] == pytest.approx(results["aprn"]["cfp_ff"]["auc"], abs=1e-6)
+  # JAX evaluates with its CPU layers (oneDNN's), the ONNX model with ONNX Runtime's: scores
+  # differ by float rounding, which may swap a near-tied pair or two (1 / 19,600 of the AUC
+  # each, 140 x 140 pairs).
+  assert figures["auc"] == pytest.approx(results["aprn"]["cfp_ff"]["auc"], abs=2e-4)
   # The card's threshold was chosen on those pairs, embedded by the ONNX model.
   assert card["threshold"]["pairs"] == "cfp_ff" and card["threshold"]["num_pairs"] == 280
   assert card["threshold"]["ten_fold_accuracy"] == figures["accuracy"]

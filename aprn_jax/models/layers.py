@@ -4,7 +4,8 @@ Which forms a model uses is its `layer_forms` field (FORMS), set from config.mod
 On GPUs and TPUs every form compiles to what flax's layers compile to. On CPU:
 - `fast` (the default): convolutions and max-pools are oneDNN primitives, the library
   PyTorch's CPU layers run on (aprn_jax/models/onednn.py: forward and both gradients as XLA
-  FFI calls on the maps as they lie in memory), 1x1 kernels after a strided slice; dense
+  FFI calls on the maps as they lie in memory), 1x1 kernels after a strided slice, but for
+  the float32 convolutions where XLA's matrix products below win (`_xla_products_win`); dense
   layers as below. Where oneDNN cannot be built (it is Linux x86-64 only), `fast` is `xla`.
 - `xla`: XLA's own operations in the forms below, each measured against
   `lax.conv_general_dilated`, forward + backward, by benchmarks/layers.py.
