@@ -2,8 +2,9 @@
 
     python main.py --config=configs/default.py --workdir=/tmp/aprn_default
 
-Finishes on 2 CPU cores in 5 to 14 minutes including data generation and evaluation (a quiet
-AMD EPYC: data 1.4 min, baseline 1.5, APRN 0.4, evaluation 0.7; another, earlier: 14 min),
+Finishes on 2 CPU cores in 4.5 to 14 minutes including data generation and evaluation (2 Intel
+Xeon cores with the oneDNN layers: data 1.1 min, baseline 1.2, APRN 0.4, evaluation 0.8; a
+quiet AMD EPYC with XLA's own layers: 5 min; another, earlier: 14 min),
 then prints baseline vs APRN on the synthetic copies of CFP-FF/FP, IJB-A, MegaFace and
 per-yaw Multi-PIE, every figure with its 95% interval. Every other config starts from this one
 and overrides what differs; any field can also be overridden on the command line, e.g.
