@@ -5,10 +5,10 @@
 //
 // Every handler takes the maps in the caller's NHWC layout and the kernel in HWIO, so no layout
 // copy is made of the (large) maps; oneDNN may pick a blocked layout for the (small) kernel,
-// which is then reordered in a temporary buffer. The kernel stays float32 with bfloat16 maps:
-// the reorder rounds it (forward, input gradient) and the kernel gradient is summed in float32. Primitives are created once per shape and kept;
-// each call passes its own scratchpad, so concurrent calls (several devices) share nothing
-// mutable.
+// which is then reordered in a buffer of the calling thread's. The kernel stays float32 with
+// bfloat16 maps: the reorder rounds it (forward, input gradient) and the kernel gradient is
+// summed in float32. Primitives are created once per shape and kept; each call passes its own
+// thread's scratchpad, so concurrent calls (several devices) share nothing mutable.
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -19,7 +19,6 @@
 #include <string>
 #include <tuple>
 #include <unordered_map>
-#include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"

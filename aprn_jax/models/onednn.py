@@ -1,10 +1,12 @@
-"""Convolutions on CPU through oneDNN, the library PyTorch's CPU convolutions run on.
+"""Convolutions and max-pools on CPU through oneDNN, the library PyTorch's CPU layers run on.
 
-XLA:CPU's own convolutions ran this project's layers 2.5 to 7x slower than oneDNN's,
-forward and backward (benchmarks/layers.py; docs/benchmarks.md, "PyTorch side by side").
-`conv` is `lax.conv_general_dilated` on NHWC maps and HWIO kernels with a gradient, computed
-by three XLA FFI handlers (onednn.cc beside this file): the forward, the input gradient and
-the kernel gradient, each one oneDNN primitive on the maps as they are in memory.
+XLA:CPU's own operations ran this project's stem and 3x3 convolutions 1.6 to 3.3x slower than
+oneDNN's, forward and backward, and its stem max-pool 5x (benchmarks/layers.py;
+docs/benchmarks.md, "PyTorch side by side"). `conv` is `lax.conv_general_dilated` on NHWC maps
+and HWIO kernels with a gradient, computed by three XLA FFI handlers (onednn.cc beside this
+file): the forward, the input gradient and the kernel gradient, each one oneDNN primitive on
+the maps as they are in memory; `max_pool` is `nn.max_pool` with oneDNN's forward (keeping
+each window's argmax, one byte per output) and gradient.
 
 The handlers are compiled on first use with the C++ compiler (`$CXX`, else `g++`) against
 the oneDNN package of requirements.txt (`onednn-cpu-gomp`, headers from
@@ -35,7 +37,6 @@ TARGETS = {"aprn_onednn_conv_forward": "AprnConvForward",
            "aprn_onednn_max_pool": "AprnMaxPool",
            "aprn_onednn_max_pool_training": "AprnMaxPoolTraining",
            "aprn_onednn_max_pool_backward": "AprnMaxPoolBackward"}
-DTYPES = (jnp.float32, jnp.bfloat16)
 
 _state = {}  # "library" once loaded, or "error" with why it cannot be
 
@@ -105,7 +106,7 @@ def _load():
 
 
 def available():
-  """Whether the oneDNN convolutions can run here (building them on first call)."""
+  """Whether the oneDNN layers can run here (building them on first call)."""
   return _load() is not None
 
 
