@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+from aprn_jax.models import onednn
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Default config shrunk: 64x64 input, width 4, so stage4 (D's tap) is 2x2x128.
@@ -199,3 +201,21 @@ def test_op_profile_splits_the_step_into_xla_operations(tmp_path):
   # and the runtime's own spans are not among them.
   assert all(re.fullmatch(r"\(?[a-z]+\d*\[[\d,]*\].*", op["shape"]) for op in top), top
   assert not any(k["kind"].startswith(("$", "ThunkExecutor", "shard_args")) for k in kinds)
+
+
+@pytest.mark.slow  # compiles the step twice
+@pytest.mark.parametrize("change", ["bn_gradient", "onednn_split"])
+def test_step_ab_times_a_change_on_and_off(change, tmp_path):
+  if change == "onednn_split" and not onednn.available():
+    pytest.skip(f"oneDNN unavailable: {onednn.unavailable_reason()}")
+  proc = subprocess.run([sys.executable, "benchmarks/step_ab.py", *TINY, "--batch_size=16",
+                         f"--change={change}", "--kinds=baseline", "--rounds=2", "--steps=2",
+                         "--warmup=1", f"--out={tmp_path / 'out.jsonl'}"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  record = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert record["change"] == change and "aprn" not in record
+  entry = record["baseline"]
+  assert len(entry["off_step_s_by_round"]) == len(entry["on_step_s_by_round"]) == 2
+  ratios = [b / a for a, b in zip(entry["off_step_s_by_round"], entry["on_step_s_by_round"])]
+  assert entry["ratio"] == pytest.approx(sorted(ratios)[0] / 2 + sorted(ratios)[1] / 2)

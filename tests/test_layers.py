@@ -1,5 +1,5 @@
-"""layers.Conv, layers.max_pool and layers.Dense against flax's nn.Conv, nn.max_pool and
-nn.Dense: parameters, outputs and gradients, and the form each one compiles to, in the XLA
+"""layers.Conv, layers.max_pool, layers.Dense and layers.BatchNorm against flax's nn.Conv,
+nn.max_pool, nn.Dense and nn.BatchNorm: parameters, outputs and gradients, and the form each one compiles to, in the XLA
 forms (`xla`) and, where oneDNN is installed, the oneDNN ones (`fast`)."""
 import re
 
@@ -218,3 +218,89 @@ def test_dense_equals_nn_dense(forms, dtype):
   if forms != "flax":  # the kernel's gradient is one (in, out) product, not (out, in) copied
     program = jax.jit(jax.grad(loss(ours))).lower(variables, x).compile().as_text()
     assert re.search(r"= f32\[20,7\]\{1,0\} (dot|fusion)\(", program), program
+
+
+def _bn_loss(module, weights, train=True):
+  def loss(variables, x):
+    y, updates = module.apply(variables, x, mutable=["batch_stats"])
+    return jnp.sum(nn.relu(y).astype(jnp.float32) * weights), updates
+  return loss
+
+
+@pytest.mark.parametrize("forms", CPU_FORMS + ["flax"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_batch_norm_equals_nn_batch_norm(forms, dtype):
+  """Training on CPU with the hand-written gradient: the same variables as nn.BatchNorm, the
+  same outputs, running averages and gradients (scale, bias, input) to float rounding; a
+  large mean next to a small spread, as the two-pass variance is there for."""
+  x = (3.0 + 0.1 * jax.random.normal(jax.random.key(0), (6, 5, 4, 8))).astype(dtype)
+  ours = layers.batch_norm(True, momentum=0.9, dtype=dtype, axis_name=None, forms=forms)()
+  flax_bn = layers.batch_norm(True, momentum=0.9, dtype=dtype, axis_name=None, forms="flax")()
+  init = lambda module: module.init(jax.random.key(1), x)
+  variables = init(ours)
+  assert jax.tree.structure(variables) == jax.tree.structure(init(flax_bn))
+  variables = {"params": {"scale": jnp.linspace(0.5, 2.0, 8), "bias": jnp.linspace(-1, 1, 8)},
+               "batch_stats": {"mean": jnp.full(8, 0.1), "var": jnp.full(8, 1.5)}}
+  weights = jax.random.normal(jax.random.key(2), x.shape)
+  (value, updates), grads = jax.value_and_grad(_bn_loss(ours, weights), (0, 1),
+                                               has_aux=True)(variables, x)
+  (value_expected, updates_expected), grads_expected = jax.value_and_grad(
+      _bn_loss(flax_bn, weights), (0, 1), has_aux=True)(variables, x)
+  tolerance = dict(rtol=1e-5, atol=1e-5) if dtype == jnp.float32 else dict(rtol=2e-2, atol=2e-2)
+  np.testing.assert_allclose(value, value_expected, **tolerance)
+  for got, want in zip(jax.tree.leaves(updates), jax.tree.leaves(updates_expected)):
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_expected)):
+    assert got.dtype == want.dtype
+    scale = float(jnp.abs(want.astype(jnp.float32)).max())
+    np.testing.assert_allclose(got.astype(jnp.float32) / scale,
+                               want.astype(jnp.float32) / scale, **tolerance)
+  jaxpr = str(jax.make_jaxpr(_bn_loss(ours, weights))(variables, x))
+  assert ("custom_vjp_call" in jaxpr) == (forms != "flax")
+
+
+def test_batch_norm_over_devices_equals_nn_batch_norm():
+  """Under pmap (4 CPU devices) the statistics are over every device's images, and each
+  device's gradients (its own loss through the shared statistics) equal flax's."""
+  devices = jax.local_devices()[:4]
+  x = jax.random.normal(jax.random.key(0), (4, 3, 5, 5, 6)) * 2 + 1
+  weights = jax.random.normal(jax.random.key(1), x.shape)
+  def grads(forms):
+    module = layers.batch_norm(True, momentum=0.9, dtype=jnp.float32, axis_name="d",
+                               forms=forms)()
+    variables = layers.batch_norm(True, momentum=0.9, dtype=jnp.float32, axis_name=None,
+                                  forms=forms)().init(jax.random.key(2), x[0])
+    def step(x, w):
+      return jax.grad(_bn_loss(module, w), (0, 1), has_aux=True)(variables, x)
+    return jax.pmap(step, axis_name="d", devices=devices)(x, weights)
+  got, want = grads("xla"), grads("flax")
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+@pytest.mark.parametrize("split", [True, False])
+def test_onednn_batch_parts_equal_nn_layers(split):
+  """A batch of 8+ images per thread of XLA's pool runs as one oneDNN call per thread, each
+  on its own rows (17 images: parts of 8 and 9), the kernel gradient summed over the parts;
+  with the split off, one call on oneDNN's OpenMP team. Both against flax's layers."""
+  x = jax.random.normal(jax.random.key(0), (17, 9, 9, 5))
+  conv = layers.Conv(6, (3, 3), (2, 2), "SAME")
+  flax_conv = nn.Conv(6, (3, 3), (2, 2), padding="SAME", use_bias=False)
+  variables = conv.init(jax.random.key(1), x)
+  weights = jax.random.normal(jax.random.key(2), (17, 5, 5, 6))
+  pool_weights = jax.random.normal(jax.random.key(3), (17, 5, 5, 5))
+  def loss(apply_conv, pool):
+    return lambda v, x: (jnp.sum(apply_conv(v, x) * weights)
+                         + jnp.sum(pool(x, (3, 3), (2, 2), ((1, 1), (1, 1))) * pool_weights))
+  ours = loss(conv.apply, lambda *a: layers.max_pool(*a, forms="fast"))
+  theirs = loss(flax_conv.apply, nn.max_pool)
+  try:
+    onednn.split_batches(split)
+    got = jax.jit(jax.value_and_grad(ours, (0, 1)))(variables, x)
+  finally:
+    onednn.split_batches(True)
+  want = jax.value_and_grad(theirs, (0, 1))(variables, x)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)

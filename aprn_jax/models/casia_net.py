@@ -30,7 +30,7 @@ class CasiaNet(nn.Module):
     conv = functools.partial(layers.Conv, kernel_size=(3, 3), dtype=self.dtype,
                              forms=self.layer_forms)
     norm = layers.batch_norm(train, momentum=self.bn_momentum, dtype=self.dtype,
-                             axis_name=self.axis_name)
+                             axis_name=self.axis_name, forms=self.layer_forms)
     taps = {}
     last = len(self.block_widths) - 1
     for i, widths in enumerate(self.block_widths):

@@ -46,7 +46,7 @@ class PoseDiscriminator(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     norm = layers.batch_norm(train, momentum=self.bn_momentum, dtype=self.dtype,
-                             axis_name=self.axis_name)
+                             axis_name=self.axis_name, forms=self.layer_forms)
     for i, width in enumerate(self.widths):
       stride = 2 if x.shape[1] > self.target_size else 1
       x = layers.Conv(width, (3, 3), (stride, stride), ((1, 1), (1, 1)), dtype=self.dtype,

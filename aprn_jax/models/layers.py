@@ -69,8 +69,8 @@ def cpu_forms(forms):
   return "onednn" if forms == "fast" and onednn.available() else "xla"
 
 
-def batch_norm(train, *, momentum, dtype, axis_name):
-  """The BatchNorm of every network here (a partial of `nn.BatchNorm`, eps 1e-5).
+def batch_norm(train, *, momentum, dtype, axis_name, forms="fast"):
+  """The BatchNorm of every network here (a partial of `BatchNorm`, eps 1e-5).
 
   The variance is the mean of squared deviations from the mean, not E[x^2] - E[x]^2 (flax's
   default): on a channel whose mean is large next to its spread the difference form cancels
@@ -78,9 +78,86 @@ def batch_norm(train, *, momentum, dtype, axis_name):
   it, the tiny config's first update differed by 4% in stem_bn's bias between 1 process x 4
   devices and 2 processes x 2 devices; with this form the two agree to 2e-7
   (tests/test_multiprocess.py)."""
-  return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=momentum,
+  return functools.partial(BatchNorm, use_running_average=not train, momentum=momentum,
                            epsilon=1e-5, dtype=dtype, axis_name=axis_name,
-                           use_fast_variance=False)
+                           use_fast_variance=False, forms=forms)
+
+
+# Whether BatchNorm's training form on CPU has the hand-written gradient (`BatchNorm`);
+# benchmarks/step_ab.py times the step without it, in the same process.
+BN_GRADIENT = True
+
+
+def _pmean(x, axis_name):
+  """`lax.pmean` over `axis_name`, or x itself where there is no axis or one device."""
+  if axis_name is None or lax.axis_size(axis_name) == 1:
+    return x
+  return lax.pmean(x, axis_name)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _batch_norm(x, scale, bias, epsilon, axis_name, dtype):
+  """(y, mean, var): flax's BatchNorm in training, its statistics over all devices of
+  `axis_name`; the gradient of y alone (the statistics feed the running averages only)."""
+  return _batch_norm_forward(x, scale, bias, epsilon, axis_name, dtype)[0]
+
+
+def _batch_norm_forward(x, scale, bias, epsilon, axis_name, dtype):
+  axes = tuple(range(x.ndim - 1))
+  xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  mean = _pmean(xf.mean(axes), axis_name)
+  var = _pmean(jnp.square(xf - mean).mean(axes), axis_name)
+  inv = lax.rsqrt(var + epsilon)
+  y = ((xf - mean) * (inv * scale) + bias).astype(dtype or x.dtype)
+  return (y, mean, var), (x, mean, inv, scale)
+
+
+def _batch_norm_backward(epsilon, axis_name, dtype, residuals, cotangents):
+  # With g the gradient of y and xhat = (x - mean) * inv: dbias = sum(g), dscale =
+  # sum(g * xhat) on this device; dx = scale * inv * (g - mean(g) - xhat * mean(g * xhat)),
+  # the means over every device's images (the transpose of the statistics' pmean).
+  x, mean, inv, scale = residuals
+  grad = cotangents[0].astype(mean.dtype)
+  axes = tuple(range(x.ndim - 1))
+  count = x.size // x.shape[-1]
+  xhat = (x.astype(mean.dtype) - mean) * inv
+  sums = jnp.stack([grad.sum(axes), (grad * xhat).sum(axes)])
+  grad_bias, grad_scale = sums
+  mean_grad, mean_grad_xhat = _pmean(sums, axis_name) / count
+  dx = (inv * scale) * (grad - mean_grad - xhat * mean_grad_xhat)
+  return dx.astype(x.dtype), grad_scale, grad_bias
+
+
+_batch_norm.defvjp(_batch_norm_forward, _batch_norm_backward)
+
+
+class BatchNorm(nn.BatchNorm):
+  """`nn.BatchNorm` (fields, variables, results) with the layer forms' field `forms`.
+
+  On CPU (forms fast or xla) its training form (the statistics of the batch, feature axis
+  last) has a hand-written gradient, `_batch_norm`: two sums over the batch and one pass for
+  the input's gradient, where XLA:CPU's derivative of flax's form takes more passes over the
+  maps (benchmarks/step_ab.py --change=bn_gradient: the default config's step 0.90x the time,
+  docs/benchmarks.md). Elsewhere, with running averages or a mask, it is flax's call."""
+  forms: str = "fast"  # FORMS
+
+  @nn.compact
+  def __call__(self, x, use_running_average=None, *, mask=None):
+    if (nn.merge_param("use_running_average", self.use_running_average, use_running_average) or mask is not None or self.is_initializing()
+        or not cpu_forms(self.forms) or not BN_GRADIENT or self.axis != -1
+        or self.axis_index_groups is not None or not (self.use_bias and self.use_scale)):
+      return super().__call__(x, use_running_average, mask=mask)
+    features = (x.shape[-1],)
+    ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32),
+                            features)
+    ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), features)
+    scale = self.param("scale", self.scale_init, features, self.param_dtype)
+    bias = self.param("bias", self.bias_init, features, self.param_dtype)
+    y, mean, var = _batch_norm(x, scale, bias, self.epsilon, self.axis_name, self.dtype)
+    mean, var = lax.stop_gradient(mean), lax.stop_gradient(var)
+    ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+    ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    return y
 
 
 def _pads(spatial, window, strides, padding):

@@ -3,12 +3,18 @@
 // FFI handlers (aprn_jax/models/onednn.py builds and binds them; docs/benchmarks.md, "PyTorch
 // side by side", gives the measurements that made them the CPU forms).
 //
+// A batch of 8+ images per thread of XLA's intra-op pool is split over that pool, one part per
+// thread, each part a oneDNN call with one OpenMP thread (InParts); smaller batches run on
+// oneDNN's OpenMP team.
+//
 // Every handler takes the maps in the caller's NHWC layout and the kernel in HWIO, so no layout
 // copy is made of the (large) maps; oneDNN may pick a blocked layout for the (small) kernel,
 // which is then reordered in a buffer of the calling thread's. The kernel stays float32 with
 // bfloat16 maps: the reorder rounds it (forward, input gradient) and the kernel gradient is
 // summed in float32. Primitives are created once per shape and kept; each call passes its own
 // thread's scratchpad, so concurrent calls (several devices) share nothing mutable.
+#include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -16,19 +22,32 @@
 #include <memory>
 #include <mutex>
 #include <new>
+#include <stdexcept>
 #include <string>
 #include <tuple>
 #include <unordered_map>
+#include <utility>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
+// libgomp's, loaded with oneDNN: the OpenMP threads each oneDNN call runs with (see Run).
+extern "C" void omp_set_num_threads(int);
+extern "C" int omp_get_max_threads(void);
+
 namespace {
 
 using dnnl::memory;
 using Tag = memory::format_tag;
+
+// OpenMP's thread count when the library loads (OMP_NUM_THREADS, else the cores).
+const int kOpenMpThreads = omp_get_max_threads();
+// A batch is split over XLA's threads only if each part gets at least this many images.
+constexpr int64_t kMinPartImages = 8;
+// Whether batches are split at all (benchmarks/onednn_threads.py compares the two).
+std::atomic<bool> g_split_batches{true};
 
 enum class Kind {
   kForward, kBackwardData, kBackwardWeights, kPoolInference, kPoolTraining, kPoolBackward
@@ -41,9 +60,10 @@ struct Geometry {
   int64_t sh, sw;         // strides
   int64_t pt, pl, pb, pr; // pads; pb and pr are oneDNN's (taps past the last output unused)
   memory::data_type map_type, kernel_type;
+  int threads = 1;         // OpenMP threads the primitive runs with
 
   auto key(Kind kind) const {
-    return std::make_tuple(static_cast<int>(kind), n, h, w, c, oh, ow, f, kh, kw, sh, sw, pt, pl,
+    return std::make_tuple(threads, static_cast<int>(kind), n, h, w, c, oh, ow, f, kh, kw, sh, sw, pt, pl,
                            pb, pr, static_cast<int>(map_type), static_cast<int>(kernel_type));
   }
   memory::desc input(memory::data_type type) const { return {{n, c, h, w}, type, Tag::nhwc}; }
@@ -136,7 +156,7 @@ void* ThreadBuffer(int slot, size_t bytes) {
     size_t bytes = 0;
     ~Slot() { std::free(data); }
   };
-  thread_local Slot slots[2];
+  thread_local Slot slots[3];
   Slot& s = slots[slot];
   if (bytes > s.bytes) {
     std::free(s.data);
@@ -166,88 +186,185 @@ bool HasPaddingOnlyTaps(const Geometry& g) {
   return dead(g.h, g.oh, g.kh, g.sh, g.pt) || dead(g.w, g.ow, g.kw, g.sw, g.pl);
 }
 
-ffi::Error Run(Kind kind, const Geometry& g, void* input, void* kernel, void* output) {
-  try {
-    auto entry = Lookup(g, kind);
-    auto& engine = Engine();
-    dnnl::stream stream(engine);
-    // The caller's kernel (or kernel gradient) in its own type: a float32 kernel for
-    // bfloat16 maps is rounded to bfloat16 by the reorder into the primitive's layout.
-    memory::desc user_kernel_desc = g.kernel(g.kernel_type, Tag::hwio);
-    memory user_kernel(user_kernel_desc, engine, kernel);
-    bool reorder = entry->kernel_desc != user_kernel_desc;
-    memory op_kernel =
-        reorder ? memory(entry->kernel_desc, engine,
-                         ThreadBuffer(0, entry->kernel_desc.get_size()))
-                : user_kernel;
-    memory scratchpad({{static_cast<int64_t>(entry->scratchpad_bytes)}, memory::data_type::u8,
-                       Tag::a}, engine, ThreadBuffer(1, entry->scratchpad_bytes));
-    memory in(g.input(g.map_type), engine, input);
-    memory out(g.output(g.map_type), engine, output);
-    if (kind == Kind::kForward) {
-      if (reorder) dnnl::reorder(user_kernel, op_kernel).execute(stream, user_kernel, op_kernel);
-      entry->primitive.execute(stream, {{DNNL_ARG_SRC, in}, {DNNL_ARG_WEIGHTS, op_kernel},
-                                        {DNNL_ARG_DST, out}, {DNNL_ARG_SCRATCHPAD, scratchpad}});
-    } else if (kind == Kind::kBackwardData) {
-      if (reorder) dnnl::reorder(user_kernel, op_kernel).execute(stream, user_kernel, op_kernel);
-      entry->primitive.execute(stream, {{DNNL_ARG_DIFF_SRC, in}, {DNNL_ARG_WEIGHTS, op_kernel},
-                                        {DNNL_ARG_DIFF_DST, out},
-                                        {DNNL_ARG_SCRATCHPAD, scratchpad}});
-    } else {
-      // Where some kernel taps land on padding alone (a stride-2 window on a 1x1 map), oneDNN
-      // 3.2's kernel gradient leaves their entries as it found them, in the output or in its
-      // scratchpad: start both from zeros.
-      if (HasPaddingOnlyTaps(g)) {
-        std::memset(op_kernel.get_data_handle(), 0, entry->kernel_desc.get_size());
-        std::memset(scratchpad.get_data_handle(), 0, entry->scratchpad_bytes);
-      }
-      entry->primitive.execute(stream, {{DNNL_ARG_SRC, in}, {DNNL_ARG_DIFF_WEIGHTS, op_kernel},
-                                        {DNNL_ARG_DIFF_DST, out},
-                                        {DNNL_ARG_SCRATCHPAD, scratchpad}});
-      if (reorder) dnnl::reorder(op_kernel, user_kernel).execute(stream, op_kernel, user_kernel);
+// One oneDNN convolution on the maps and kernel given (a part of the batch; see Run).
+void ConvPart(Kind kind, const Geometry& g, void* input, void* kernel, void* output) {
+  auto entry = Lookup(g, kind);
+  auto& engine = Engine();
+  dnnl::stream stream(engine);
+  // The caller's kernel (or kernel gradient) in its own type: a float32 kernel for
+  // bfloat16 maps is rounded to bfloat16 by the reorder into the primitive's layout.
+  memory::desc user_kernel_desc = g.kernel(g.kernel_type, Tag::hwio);
+  memory user_kernel(user_kernel_desc, engine, kernel);
+  bool reorder = entry->kernel_desc != user_kernel_desc;
+  memory op_kernel =
+      reorder ? memory(entry->kernel_desc, engine,
+                       ThreadBuffer(0, entry->kernel_desc.get_size()))
+              : user_kernel;
+  memory scratchpad({{static_cast<int64_t>(entry->scratchpad_bytes)}, memory::data_type::u8,
+                     Tag::a}, engine, ThreadBuffer(1, entry->scratchpad_bytes));
+  memory in(g.input(g.map_type), engine, input);
+  memory out(g.output(g.map_type), engine, output);
+  if (kind == Kind::kForward) {
+    if (reorder) dnnl::reorder(user_kernel, op_kernel).execute(stream, user_kernel, op_kernel);
+    entry->primitive.execute(stream, {{DNNL_ARG_SRC, in}, {DNNL_ARG_WEIGHTS, op_kernel},
+                                      {DNNL_ARG_DST, out}, {DNNL_ARG_SCRATCHPAD, scratchpad}});
+  } else if (kind == Kind::kBackwardData) {
+    if (reorder) dnnl::reorder(user_kernel, op_kernel).execute(stream, user_kernel, op_kernel);
+    entry->primitive.execute(stream, {{DNNL_ARG_DIFF_SRC, in}, {DNNL_ARG_WEIGHTS, op_kernel},
+                                      {DNNL_ARG_DIFF_DST, out},
+                                      {DNNL_ARG_SCRATCHPAD, scratchpad}});
+  } else {
+    // Where some kernel taps land on padding alone (a stride-2 window on a 1x1 map), oneDNN
+    // 3.2's kernel gradient leaves their entries as it found them, in the output or in its
+    // scratchpad: start both from zeros.
+    if (HasPaddingOnlyTaps(g)) {
+      std::memset(op_kernel.get_data_handle(), 0, entry->kernel_desc.get_size());
+      std::memset(scratchpad.get_data_handle(), 0, entry->scratchpad_bytes);
     }
-    stream.wait();
-  } catch (const dnnl::error& e) {
-    return ffi::Error::Internal(std::string("oneDNN convolution: ") + e.what());
+    entry->primitive.execute(stream, {{DNNL_ARG_SRC, in}, {DNNL_ARG_DIFF_WEIGHTS, op_kernel},
+                                      {DNNL_ARG_DIFF_DST, out},
+                                      {DNNL_ARG_SCRATCHPAD, scratchpad}});
+    if (reorder) dnnl::reorder(op_kernel, user_kernel).execute(stream, op_kernel, user_kernel);
+  }
+  stream.wait();
+}
+
+// Calls part(i) for i in [0, parts): on the calling thread and on XLA's own thread pool, each
+// part on one thread. With oneDNN's OpenMP team started from XLA's threads (one team per
+// calling thread, its workers spinning between calls while XLA's threads run the fusions),
+// the default config's step took 1.16x (baseline) to 1.22x (APRN) as long as with this split
+// (benchmarks/step_ab.py
+// --change=onednn_split). The caller takes parts too, and waits only for parts another thread
+// has begun, so a busy pool delays nothing. Returns the first part's error, or "".
+struct Work {
+  Work(int parts, int threads, std::function<void(int)> part)
+      : parts(parts), threads(threads), part(std::move(part)) {}
+  const int parts, threads;
+  const std::function<void(int)> part;
+  std::atomic<int> next{0};
+  std::mutex mutex;  // guards done and error
+  std::condition_variable finished;
+  int done = 0;
+  std::string error;
+};
+
+void Drain(Work& work) {
+  for (int i = work.next.fetch_add(1); i < work.parts; i = work.next.fetch_add(1)) {
+    std::string error;
+    try {
+      omp_set_num_threads(work.threads);
+      work.part(i);
+    } catch (const dnnl::error& e) {
+      error = e.what();
+    } catch (const std::bad_alloc&) {
+      error = "out of memory for a temporary buffer";
+    } catch (const std::runtime_error& e) {
+      error = e.what();
+    }
+    std::lock_guard<std::mutex> lock(work.mutex);
+    if (work.error.empty()) work.error = error;
+    if (++work.done == work.parts) work.finished.notify_all();
+  }
+}
+
+std::string InParts(ffi::ThreadPool& pool, int parts, std::function<void(int)> part) {
+  auto work = std::make_shared<Work>(parts, parts > 1 ? 1 : kOpenMpThreads, std::move(part));
+  for (int i = 1; i < parts; ++i) pool.Schedule([work] { Drain(*work); });
+  Drain(*work);
+  std::unique_lock<std::mutex> lock(work->mutex);
+  work->finished.wait(lock, [&] { return work->done == work->parts; });
+  return work->error;
+}
+
+// How many parts a batch of n images is split into: one per thread of XLA's pool, each of
+// kMinPartImages or more; else 1 (oneDNN's OpenMP team).
+int Parts(ffi::ThreadPool& pool, int64_t n) {
+  if (!g_split_batches) return 1;
+  int64_t parts = std::min<int64_t>(pool.num_threads(), n / kMinPartImages);
+  return parts > 1 ? static_cast<int>(parts) : 1;
+}
+
+size_t Bytes(memory::data_type type) { return type == memory::data_type::bf16 ? 2 : 4; }
+
+ffi::Error Run(ffi::ThreadPool& pool, Kind kind, const Geometry& g, void* input, void* kernel,
+               void* output) {
+  int parts = Parts(pool, g.n);
+  // The kernel gradient is summed over the parts in float32.
+  if (kind == Kind::kBackwardWeights && g.kernel_type != memory::data_type::f32) parts = 1;
+  size_t in_image = g.h * g.w * g.c * Bytes(g.map_type);
+  size_t out_image = g.oh * g.ow * g.f * Bytes(g.map_type);
+  size_t weights = g.kh * g.kw * g.c * g.f;
+  float* partial = nullptr;
+  try {
+    if (kind == Kind::kBackwardWeights && parts > 1)
+      partial = static_cast<float*>(ThreadBuffer(2, (parts - 1) * weights * sizeof(float)));
   } catch (const std::bad_alloc&) {
     return ffi::Error::Internal("oneDNN convolution: out of memory for a temporary buffer");
+  }
+  std::string error = InParts(pool, parts, [&](int i) {
+    int64_t begin = g.n * i / parts, end = g.n * (i + 1) / parts;
+    Geometry part = g;
+    part.n = end - begin;
+    part.threads = parts > 1 ? 1 : kOpenMpThreads;
+    void* part_kernel = partial && i > 0 ? partial + (i - 1) * weights : kernel;
+    ConvPart(kind, part, static_cast<char*>(input) + begin * in_image, part_kernel,
+             static_cast<char*>(output) + begin * out_image);
+  });
+  if (!error.empty()) return ffi::Error::Internal("oneDNN convolution: " + error);
+  if (partial) {
+    float* sum = static_cast<float*>(kernel);
+    for (int i = 1; i < parts; ++i)
+      for (size_t j = 0; j < weights; ++j) sum[j] += partial[(i - 1) * weights + j];
   }
   return ffi::Error::Success();
 }
 
 // Max-pool: `input` is the map (forward) or its gradient (backward), `output` the pooled map
 // or its gradient; `workspace` (training forward and backward) holds each output's argmax.
-ffi::Error RunPool(Kind kind, const Geometry& g, void* input, void* output, void* workspace,
-                   size_t workspace_bytes) {
-  try {
-    auto entry = Lookup(g, kind);
-    auto& engine = Engine();
-    dnnl::stream stream(engine);
-    if (kind != Kind::kPoolInference && entry->kernel_desc.get_size() != workspace_bytes)
-      return ffi::Error::Internal(
-          "oneDNN max-pool: workspace of " + std::to_string(entry->kernel_desc.get_size()) +
-          " bytes, not one byte per output (" + std::to_string(workspace_bytes) + ")");
-    memory scratchpad({{static_cast<int64_t>(entry->scratchpad_bytes)}, memory::data_type::u8,
-                       Tag::a}, engine, ThreadBuffer(1, entry->scratchpad_bytes));
-    memory in(g.input(g.map_type), engine, input);
-    memory out(g.output(g.map_type), engine, output);
-    std::unordered_map<int, memory> args{{DNNL_ARG_SCRATCHPAD, scratchpad}};
-    if (kind != Kind::kPoolInference)
-      args[DNNL_ARG_WORKSPACE] = memory(entry->kernel_desc, engine, workspace);
-    if (kind == Kind::kPoolBackward) {
-      args[DNNL_ARG_DIFF_SRC] = in;
-      args[DNNL_ARG_DIFF_DST] = out;
-    } else {
-      args[DNNL_ARG_SRC] = in;
-      args[DNNL_ARG_DST] = out;
-    }
-    entry->primitive.execute(stream, args);
-    stream.wait();
-  } catch (const dnnl::error& e) {
-    return ffi::Error::Internal(std::string("oneDNN max-pool: ") + e.what());
-  } catch (const std::bad_alloc&) {
-    return ffi::Error::Internal("oneDNN max-pool: out of memory for a temporary buffer");
+void PoolPart(Kind kind, const Geometry& g, void* input, void* output, void* workspace,
+              size_t workspace_bytes) {
+  auto entry = Lookup(g, kind);
+  auto& engine = Engine();
+  dnnl::stream stream(engine);
+  if (kind != Kind::kPoolInference && entry->kernel_desc.get_size() != workspace_bytes)
+    throw std::runtime_error(
+        "workspace of " + std::to_string(entry->kernel_desc.get_size()) +
+        " bytes, not one byte per output (" + std::to_string(workspace_bytes) + ")");
+  memory scratchpad({{static_cast<int64_t>(entry->scratchpad_bytes)}, memory::data_type::u8,
+                     Tag::a}, engine, ThreadBuffer(1, entry->scratchpad_bytes));
+  memory in(g.input(g.map_type), engine, input);
+  memory out(g.output(g.map_type), engine, output);
+  std::unordered_map<int, memory> args{{DNNL_ARG_SCRATCHPAD, scratchpad}};
+  if (kind != Kind::kPoolInference)
+    args[DNNL_ARG_WORKSPACE] = memory(entry->kernel_desc, engine, workspace);
+  if (kind == Kind::kPoolBackward) {
+    args[DNNL_ARG_DIFF_SRC] = in;
+    args[DNNL_ARG_DIFF_DST] = out;
+  } else {
+    args[DNNL_ARG_SRC] = in;
+    args[DNNL_ARG_DST] = out;
   }
+  entry->primitive.execute(stream, args);
+  stream.wait();
+}
+
+ffi::Error RunPool(ffi::ThreadPool& pool, Kind kind, const Geometry& g, void* input,
+                   void* output, void* workspace, size_t workspace_bytes) {
+  int parts = Parts(pool, g.n);
+  size_t in_image = g.h * g.w * g.c * Bytes(g.map_type);
+  size_t out_image = g.oh * g.ow * g.f * Bytes(g.map_type);
+  size_t workspace_image = workspace_bytes / g.n;
+  std::string error = InParts(pool, parts, [&](int i) {
+    int64_t begin = g.n * i / parts, end = g.n * (i + 1) / parts;
+    Geometry part = g;
+    part.n = end - begin;
+    part.threads = parts > 1 ? 1 : kOpenMpThreads;
+    PoolPart(kind, part, static_cast<char*>(input) + begin * in_image,
+             static_cast<char*>(output) + begin * out_image,
+             workspace ? static_cast<char*>(workspace) + begin * workspace_image : nullptr,
+             part.n * workspace_image);
+  });
+  if (!error.empty()) return ffi::Error::Internal("oneDNN max-pool: " + error);
   return ffi::Error::Success();
 }
 
@@ -276,31 +393,31 @@ ffi::ErrorOr<Geometry> MakeGeometry(ffi::Span<const int64_t> in, ffi::Span<const
   return g;
 }
 
-ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer kernel, ffi::Result<ffi::AnyBuffer> y,
+ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer kernel, ffi::Result<ffi::AnyBuffer> y,
                    int64_t sh, int64_t sw, int64_t pt, int64_t pl) {
   auto g = MakeGeometry(x.dimensions(), y->dimensions(), kernel.dimensions(), x.element_type(),
                         kernel.element_type(), sh, sw, pt, pl);
   if (g.has_error()) return g.error();
-  return Run(Kind::kForward, *g, x.untyped_data(), kernel.untyped_data(), y->untyped_data());
+  return Run(pool, Kind::kForward, *g, x.untyped_data(), kernel.untyped_data(), y->untyped_data());
 }
 
-ffi::Error BackwardData(ffi::AnyBuffer dy, ffi::AnyBuffer kernel,
+ffi::Error BackwardData(ffi::ThreadPool pool, ffi::AnyBuffer dy, ffi::AnyBuffer kernel,
                         ffi::Result<ffi::AnyBuffer> dx, int64_t sh, int64_t sw, int64_t pt,
                         int64_t pl) {
   auto g = MakeGeometry(dx->dimensions(), dy.dimensions(), kernel.dimensions(),
                         dy.element_type(), kernel.element_type(), sh, sw, pt, pl);
   if (g.has_error()) return g.error();
-  return Run(Kind::kBackwardData, *g, dx->untyped_data(), kernel.untyped_data(),
+  return Run(pool, Kind::kBackwardData, *g, dx->untyped_data(), kernel.untyped_data(),
              dy.untyped_data());
 }
 
-ffi::Error BackwardKernel(ffi::AnyBuffer x, ffi::AnyBuffer dy,
+ffi::Error BackwardKernel(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer dy,
                           ffi::Result<ffi::AnyBuffer> dkernel, int64_t sh, int64_t sw,
                           int64_t pt, int64_t pl) {
   auto g = MakeGeometry(x.dimensions(), dy.dimensions(), dkernel->dimensions(),
                         x.element_type(), dkernel->element_type(), sh, sw, pt, pl);
   if (g.has_error()) return g.error();
-  return Run(Kind::kBackwardWeights, *g, x.untyped_data(), dkernel->untyped_data(),
+  return Run(pool, Kind::kBackwardWeights, *g, x.untyped_data(), dkernel->untyped_data(),
              dy.untyped_data());
 }
 
@@ -314,35 +431,39 @@ ffi::ErrorOr<Geometry> PoolGeometry(ffi::Span<const int64_t> in, ffi::Span<const
   return MakeGeometry(in, out, ffi::Span<const int64_t>(window, 4), type, type, sh, sw, pt, pl);
 }
 
-ffi::Error Pool(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y, int64_t wh, int64_t ww,
+ffi::Error Pool(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y, int64_t wh, int64_t ww,
                 int64_t sh, int64_t sw, int64_t pt, int64_t pl) {
   auto g = PoolGeometry(x.dimensions(), y->dimensions(), x.element_type(), wh, ww, sh, sw, pt,
                         pl);
   if (g.has_error()) return g.error();
-  return RunPool(Kind::kPoolInference, *g, x.untyped_data(), y->untyped_data(), nullptr, 0);
+  return RunPool(pool, Kind::kPoolInference, *g, x.untyped_data(), y->untyped_data(), nullptr, 0);
 }
 
-ffi::Error PoolTraining(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y,
+ffi::Error PoolTraining(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y,
                         ffi::Result<ffi::AnyBuffer> argmax, int64_t wh, int64_t ww,
                         int64_t sh, int64_t sw, int64_t pt, int64_t pl) {
   auto g = PoolGeometry(x.dimensions(), y->dimensions(), x.element_type(), wh, ww, sh, sw, pt,
                         pl);
   if (g.has_error()) return g.error();
-  return RunPool(Kind::kPoolTraining, *g, x.untyped_data(), y->untyped_data(),
+  return RunPool(pool, Kind::kPoolTraining, *g, x.untyped_data(), y->untyped_data(),
                  argmax->untyped_data(), argmax->size_bytes());
 }
 
-ffi::Error PoolBackward(ffi::AnyBuffer dy, ffi::AnyBuffer argmax,
+ffi::Error PoolBackward(ffi::ThreadPool pool, ffi::AnyBuffer dy, ffi::AnyBuffer argmax,
                         ffi::Result<ffi::AnyBuffer> dx, int64_t wh, int64_t ww, int64_t sh,
                         int64_t sw, int64_t pt, int64_t pl) {
   auto g = PoolGeometry(dx->dimensions(), dy.dimensions(), dy.element_type(), wh, ww, sh, sw,
                         pt, pl);
   if (g.has_error()) return g.error();
-  return RunPool(Kind::kPoolBackward, *g, dx->untyped_data(), dy.untyped_data(),
+  return RunPool(pool, Kind::kPoolBackward, *g, dx->untyped_data(), dy.untyped_data(),
                  argmax.untyped_data(), argmax.size_bytes());
 }
 
 }  // namespace
+
+// benchmarks/onednn_threads.py: 1 splits large batches over XLA's threads (the default), 0 runs
+// every call on oneDNN's OpenMP team.
+extern "C" void AprnSplitBatches(int split) { g_split_batches = split != 0; }
 
 #define APRN_POOL_ATTRS                                                             \
   .Attr<int64_t>("window_h").Attr<int64_t>("window_w") APRN_CONV_ATTRS
@@ -353,30 +474,36 @@ ffi::Error PoolBackward(ffi::AnyBuffer dy, ffi::AnyBuffer argmax,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AprnConvForward, Forward,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>() APRN_CONV_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AprnConvBackwardData, BackwardData,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>() APRN_CONV_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AprnConvBackwardKernel, BackwardKernel,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>() APRN_CONV_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AprnMaxPool, Pool,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>() APRN_POOL_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AprnMaxPoolTraining, PoolTraining,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>() APRN_POOL_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AprnMaxPoolBackward, PoolBackward,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>() APRN_POOL_ATTRS);

@@ -105,6 +105,16 @@ def _load():
   return _state.get("library")
 
 
+def split_batches(split=True):
+  """Whether calls on a batch of 8 or more images per thread of XLA's pool run as one part per
+  thread, oneDNN on one OpenMP thread in each (the default), or on oneDNN's OpenMP team
+  (benchmarks/onednn_threads.py compares the two in one process)."""
+  library = _load()
+  if library is None:
+    raise RuntimeError(f"the oneDNN layers are unavailable: {unavailable_reason()}")
+  library.AprnSplitBatches(int(bool(split)))
+
+
 def available():
   """Whether the oneDNN layers can run here (building them on first call)."""
   return _load() is not None

@@ -69,7 +69,7 @@ class ResNet(nn.Module):
   def __call__(self, x, train: bool):
     conv = functools.partial(layers.Conv, dtype=self.dtype, forms=self.layer_forms)
     norm = layers.batch_norm(train, momentum=self.bn_momentum, dtype=self.dtype,
-                             axis_name=self.axis_name)
+                             axis_name=self.axis_name, forms=self.layer_forms)
     taps = {}
     x = conv(self.width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name="stem_conv")(x)
     x = nn.relu(norm(name="stem_bn")(x))
