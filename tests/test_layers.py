@@ -1,6 +1,7 @@
 """layers.Conv, layers.max_pool, layers.Dense and layers.BatchNorm against flax's nn.Conv,
-nn.max_pool, nn.Dense and nn.BatchNorm: parameters, outputs and gradients, and the form each one compiles to, in the XLA
-forms (`xla`) and, where oneDNN is installed, the oneDNN ones (`fast`)."""
+nn.max_pool, nn.Dense and nn.BatchNorm: parameters, outputs and gradients, and the form each
+one compiles to, in the XLA forms (`xla`) and, where oneDNN is installed, the oneDNN ones
+(`fast`)."""
 import re
 
 import flax.linen as nn
@@ -220,7 +221,7 @@ def test_dense_equals_nn_dense(forms, dtype):
     assert re.search(r"= f32\[20,7\]\{1,0\} (dot|fusion)\(", program), program
 
 
-def _bn_loss(module, weights, train=True):
+def _bn_loss(module, weights):
   def loss(variables, x):
     y, updates = module.apply(variables, x, mutable=["batch_stats"])
     return jnp.sum(nn.relu(y).astype(jnp.float32) * weights), updates

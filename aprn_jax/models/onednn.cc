@@ -46,7 +46,8 @@ using Tag = memory::format_tag;
 const int kOpenMpThreads = omp_get_max_threads();
 // A batch is split over XLA's threads only if each part gets at least this many images.
 constexpr int64_t kMinPartImages = 8;
-// Whether batches are split at all (benchmarks/onednn_threads.py compares the two).
+// Whether batches are split at all (benchmarks/step_ab.py --change=onednn_split compares the
+// two).
 std::atomic<bool> g_split_batches{true};
 
 enum class Kind {
@@ -63,10 +64,14 @@ struct Geometry {
   int threads = 1;         // OpenMP threads the primitive runs with
 
   auto key(Kind kind) const {
-    return std::make_tuple(threads, static_cast<int>(kind), n, h, w, c, oh, ow, f, kh, kw, sh, sw, pt, pl,
-                           pb, pr, static_cast<int>(map_type), static_cast<int>(kernel_type));
+    return std::make_tuple(threads, static_cast<int>(kind), n, h, w, c, oh, ow, f, kh, kw, sh, sw,
+                           pt, pl, pb, pr, static_cast<int>(map_type),
+                           static_cast<int>(kernel_type));
   }
   memory::desc input(memory::data_type type) const { return {{n, c, h, w}, type, Tag::nhwc}; }
+  // Bytes of one image of the input and of the output map.
+  size_t input_image_bytes() const { return h * w * c * memory::data_type_size(map_type); }
+  size_t output_image_bytes() const { return oh * ow * f * memory::data_type_size(map_type); }
   memory::desc output(memory::data_type type) const { return {{n, f, oh, ow}, type, Tag::nhwc}; }
   memory::desc kernel(memory::data_type type, Tag tag) const {
     return {{f, c, kh, kw}, type, tag};
@@ -229,18 +234,29 @@ void ConvPart(Kind kind, const Geometry& g, void* input, void* kernel, void* out
   stream.wait();
 }
 
-// Calls part(i) for i in [0, parts): on the calling thread and on XLA's own thread pool, each
-// part on one thread. With oneDNN's OpenMP team started from XLA's threads (one team per
-// calling thread, its workers spinning between calls while XLA's threads run the fusions),
-// the default config's step took 1.16x (baseline) to 1.22x (APRN) as long as with this split
-// (benchmarks/step_ab.py
-// --change=onednn_split). The caller takes parts too, and waits only for parts another thread
-// has begun, so a busy pool delays nothing. Returns the first part's error, or "".
+// How many parts a batch of n images is split into: one per thread of XLA's pool, each of
+// kMinPartImages or more; else 1 (oneDNN's OpenMP team).
+int Parts(ffi::ThreadPool& pool, int64_t n) {
+  if (!g_split_batches) return 1;
+  int64_t parts = std::min<int64_t>(pool.num_threads(), n / kMinPartImages);
+  return parts > 1 ? static_cast<int>(parts) : 1;
+}
+
+// Calls part(i, geometry of part i, its first image) for i in [0, parts), splitting g's batch:
+// on the calling thread and on XLA's own thread pool, each part on one OpenMP thread (one
+// part: oneDNN's OpenMP team). With oneDNN's OpenMP team started from XLA's threads (one team
+// per calling thread, its workers spinning between calls while XLA's threads run the
+// fusions), the default config's step took 1.16x (baseline) to 1.22x (APRN) as long as with
+// this split (benchmarks/step_ab.py --change=onednn_split). The caller takes parts too, and
+// waits only for parts another thread has begun, so a busy pool delays nothing. Returns the
+// first part's error, or "".
+using PartFn = std::function<void(int, const Geometry&, int64_t)>;
+
 struct Work {
-  Work(int parts, int threads, std::function<void(int)> part)
-      : parts(parts), threads(threads), part(std::move(part)) {}
-  const int parts, threads;
-  const std::function<void(int)> part;
+  Work(const Geometry& g, int parts, PartFn part) : g(g), parts(parts), part(std::move(part)) {}
+  const Geometry g;
+  const int parts;
+  const PartFn part;
   std::atomic<int> next{0};
   std::mutex mutex;  // guards done and error
   std::condition_variable finished;
@@ -250,10 +266,14 @@ struct Work {
 
 void Drain(Work& work) {
   for (int i = work.next.fetch_add(1); i < work.parts; i = work.next.fetch_add(1)) {
+    int64_t begin = work.g.n * i / work.parts, end = work.g.n * (i + 1) / work.parts;
+    Geometry part = work.g;
+    part.n = end - begin;
+    part.threads = work.parts > 1 ? 1 : kOpenMpThreads;
     std::string error;
     try {
-      omp_set_num_threads(work.threads);
-      work.part(i);
+      omp_set_num_threads(part.threads);
+      work.part(i, part, begin);
     } catch (const dnnl::error& e) {
       error = e.what();
     } catch (const std::bad_alloc&) {
@@ -267,8 +287,8 @@ void Drain(Work& work) {
   }
 }
 
-std::string InParts(ffi::ThreadPool& pool, int parts, std::function<void(int)> part) {
-  auto work = std::make_shared<Work>(parts, parts > 1 ? 1 : kOpenMpThreads, std::move(part));
+std::string InParts(ffi::ThreadPool& pool, const Geometry& g, int parts, PartFn part) {
+  auto work = std::make_shared<Work>(g, parts, std::move(part));
   for (int i = 1; i < parts; ++i) pool.Schedule([work] { Drain(*work); });
   Drain(*work);
   std::unique_lock<std::mutex> lock(work->mutex);
@@ -276,23 +296,11 @@ std::string InParts(ffi::ThreadPool& pool, int parts, std::function<void(int)> p
   return work->error;
 }
 
-// How many parts a batch of n images is split into: one per thread of XLA's pool, each of
-// kMinPartImages or more; else 1 (oneDNN's OpenMP team).
-int Parts(ffi::ThreadPool& pool, int64_t n) {
-  if (!g_split_batches) return 1;
-  int64_t parts = std::min<int64_t>(pool.num_threads(), n / kMinPartImages);
-  return parts > 1 ? static_cast<int>(parts) : 1;
-}
-
-size_t Bytes(memory::data_type type) { return type == memory::data_type::bf16 ? 2 : 4; }
-
 ffi::Error Run(ffi::ThreadPool& pool, Kind kind, const Geometry& g, void* input, void* kernel,
                void* output) {
   int parts = Parts(pool, g.n);
   // The kernel gradient is summed over the parts in float32.
   if (kind == Kind::kBackwardWeights && g.kernel_type != memory::data_type::f32) parts = 1;
-  size_t in_image = g.h * g.w * g.c * Bytes(g.map_type);
-  size_t out_image = g.oh * g.ow * g.f * Bytes(g.map_type);
   size_t weights = g.kh * g.kw * g.c * g.f;
   float* partial = nullptr;
   try {
@@ -301,14 +309,10 @@ ffi::Error Run(ffi::ThreadPool& pool, Kind kind, const Geometry& g, void* input,
   } catch (const std::bad_alloc&) {
     return ffi::Error::Internal("oneDNN convolution: out of memory for a temporary buffer");
   }
-  std::string error = InParts(pool, parts, [&](int i) {
-    int64_t begin = g.n * i / parts, end = g.n * (i + 1) / parts;
-    Geometry part = g;
-    part.n = end - begin;
-    part.threads = parts > 1 ? 1 : kOpenMpThreads;
+  std::string error = InParts(pool, g, parts, [&](int i, const Geometry& part, int64_t begin) {
     void* part_kernel = partial && i > 0 ? partial + (i - 1) * weights : kernel;
-    ConvPart(kind, part, static_cast<char*>(input) + begin * in_image, part_kernel,
-             static_cast<char*>(output) + begin * out_image);
+    ConvPart(kind, part, static_cast<char*>(input) + begin * g.input_image_bytes(), part_kernel,
+             static_cast<char*>(output) + begin * g.output_image_bytes());
   });
   if (!error.empty()) return ffi::Error::Internal("oneDNN convolution: " + error);
   if (partial) {
@@ -350,20 +354,14 @@ void PoolPart(Kind kind, const Geometry& g, void* input, void* output, void* wor
 
 ffi::Error RunPool(ffi::ThreadPool& pool, Kind kind, const Geometry& g, void* input,
                    void* output, void* workspace, size_t workspace_bytes) {
-  int parts = Parts(pool, g.n);
-  size_t in_image = g.h * g.w * g.c * Bytes(g.map_type);
-  size_t out_image = g.oh * g.ow * g.f * Bytes(g.map_type);
   size_t workspace_image = workspace_bytes / g.n;
-  std::string error = InParts(pool, parts, [&](int i) {
-    int64_t begin = g.n * i / parts, end = g.n * (i + 1) / parts;
-    Geometry part = g;
-    part.n = end - begin;
-    part.threads = parts > 1 ? 1 : kOpenMpThreads;
-    PoolPart(kind, part, static_cast<char*>(input) + begin * in_image,
-             static_cast<char*>(output) + begin * out_image,
+  auto run_part = [&](int, const Geometry& part, int64_t begin) {
+    PoolPart(kind, part, static_cast<char*>(input) + begin * g.input_image_bytes(),
+             static_cast<char*>(output) + begin * g.output_image_bytes(),
              workspace ? static_cast<char*>(workspace) + begin * workspace_image : nullptr,
              part.n * workspace_image);
-  });
+  };
+  std::string error = InParts(pool, g, Parts(pool, g.n), run_part);
   if (!error.empty()) return ffi::Error::Internal("oneDNN max-pool: " + error);
   return ffi::Error::Success();
 }
@@ -461,7 +459,7 @@ ffi::Error PoolBackward(ffi::ThreadPool pool, ffi::AnyBuffer dy, ffi::AnyBuffer 
 
 }  // namespace
 
-// benchmarks/onednn_threads.py: 1 splits large batches over XLA's threads (the default), 0 runs
+// benchmarks/step_ab.py: 1 splits large batches over XLA's threads (the default), 0 runs
 // every call on oneDNN's OpenMP team.
 extern "C" void AprnSplitBatches(int split) { g_split_batches = split != 0; }
 

@@ -108,7 +108,7 @@ def _load():
 def split_batches(split=True):
   """Whether calls on a batch of 8 or more images per thread of XLA's pool run as one part per
   thread, oneDNN on one OpenMP thread in each (the default), or on oneDNN's OpenMP team
-  (benchmarks/onednn_threads.py compares the two in one process)."""
+  (benchmarks/step_ab.py --change=onednn_split compares the two in one process)."""
   library = _load()
   if library is None:
     raise RuntimeError(f"the oneDNN layers are unavailable: {unavailable_reason()}")
