@@ -20,6 +20,7 @@ ADDED_FIELDS = {
     "model.classifier": "dense",     # the identity head on every device
     "model.layer_forms": "fast",     # models/layers.py's forms (the only ones before)
     "model.sample_rate": 1.0,
+    "train.ordered_reductions": False,  # all-reduces in their algorithm's order
 }
 
 

@@ -18,7 +18,10 @@ Metrics: identity loss and accuracy; with D, its L1 to the truth (`d_l1`) and to
 
 The step is written for `jax.pmap(..., axis_name='batch')`: gradients and metrics are averaged
 across devices, and BatchNorm statistics are synchronised by the modules' `axis_name`, so a
-step on N devices equals a step on one device with the same global batch.
+step on N devices equals a step on one device with the same global batch. With
+`ordered_reductions` (config.train.ordered_reductions) each of those sums is an all-gather
+added in device order, so a job gives the same floats however its devices are split over
+processes (the APRN phase's L1 signs turn an all-reduce's rounding into larger differences).
 
 With config.model.classifier=sharded the recognizer ends at the embedding and the classifier's
 rows are `state.classifier`, split over the devices (`models.partial_fc`): the identity loss,
@@ -46,10 +49,16 @@ def _is_on(step, period):
   return (step % period) == 0
 
 
-def train_step(state, batch, mean_face, *, recognizer, discriminator, r_tx, d_tx,
-               tap, variant="adversarial", alpha=0.2, d_period=1, adv_period=1,
-               with_pose=True, train_recognizer=True):
-  """Returns (new_state, metrics). `batch`: image, label, landmarks; `mean_face`: (M, 2)."""
+def train_step(state, batch, mean_face, *, ordered_reductions=False, **static):
+  """Returns (new_state, metrics). `batch`: image, label, landmarks; `mean_face`: (M, 2).
+  `ordered_reductions`: every cross-device sum in device order (layers.ordered_reductions)."""
+  with layers.ordered_reductions(ordered_reductions):
+    return _train_step(state, batch, mean_face, **static)
+
+
+def _train_step(state, batch, mean_face, *, recognizer, discriminator, r_tx, d_tx,
+                tap, variant="adversarial", alpha=0.2, d_period=1, adv_period=1,
+                with_pose=True, train_recognizer=True):
   images, labels, landmarks = batch["image"], batch["label"], batch["landmarks"]
   (d_true, d_mean), (r_true, r_mean) = losses.routing(variant)
   if not (with_pose or train_recognizer):

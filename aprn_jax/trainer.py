@@ -161,7 +161,7 @@ class Phase(PhaseCheckpoints):
         recognizer=self.recognizer, discriminator=self.discriminator, r_tx=self.r_tx,
         d_tx=self.d_tx, tap=config.aprn.tap, variant=config.aprn.loss, alpha=config.aprn.alpha,
         d_period=config.aprn.d_period, adv_period=config.aprn.adv_period,
-        with_pose=(phase == "aprn"))
+        with_pose=(phase == "aprn"), ordered_reductions=config.train.ordered_reductions)
     self.step_fn = train_step.pmap_train_step(**step_args)
     self.warmup_step_fn = (train_step.pmap_train_step(**step_args, train_recognizer=False)
                            if self.warmup_steps else None)

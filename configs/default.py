@@ -106,6 +106,10 @@ def get_config():
       log_every_steps=10,
       checkpoint_every_steps=100,
       keep_checkpoints=2,
+      # Every cross-device sum (gradients, BatchNorm statistics, metrics, the sharded
+      # classifier's softmax) as an all-gather added in device order: the same floats for
+      # any split of the devices over processes, at devices / 2 times an all-reduce's bytes.
+      ordered_reductions=False,
   )
 
   # Benchmarks and where their files are (aprn_jax/evaluate.py); an empty path means the data

@@ -280,6 +280,28 @@ def test_batch_norm_over_devices_equals_nn_batch_norm():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("ordered", [True, False])
+def test_sums_over_devices_add_in_device_order(ordered):
+  """On 4 devices: the sum, mean and scattered sum equal numpy's float32 sum, added device by
+  device ((x0 + x1) + x2) + x3, bit for bit, on every device: always within
+  `ordered_reductions`; XLA:CPU's all-reduce within one process measured the same here (a
+  job over several processes adds in its collectives' order)."""
+  rng = np.random.RandomState(0)
+  x = (rng.randn(4, 2, 500) * 10.0 ** rng.randint(-4, 5, (4, 2, 500))).astype(np.float32)
+
+  def body(a):
+    with layers.ordered_reductions(ordered):
+      return (layers.sum_over_devices({"a": a}, "d")["a"], layers.mean_over_devices(a, "d"),
+              layers.sum_scatter_over_devices(a.reshape(4, -1), "d"))
+  total, mean, scattered = jax.pmap(body, axis_name="d", devices=jax.local_devices()[:4])(x)
+  in_order = ((x[0] + x[1]) + x[2]) + x[3]
+  assert np.array_equal(total, np.broadcast_to(in_order, total.shape))
+  assert np.array_equal(mean, np.broadcast_to(in_order / np.float32(4), mean.shape))
+  assert np.array_equal(np.asarray(scattered).reshape(in_order.shape), in_order)
+  jaxpr = str(jax.make_jaxpr(body, axis_env=[("d", 4)])(x[0]))
+  assert ("all_gather" in jaxpr) == ordered and ("psum" in jaxpr) != ordered
+
+
 @needs_onednn
 @pytest.mark.parametrize("split", [True, False])
 def test_onednn_batch_parts_equal_nn_layers(split):

@@ -16,7 +16,7 @@ import optax
 import pytest
 
 from aprn_jax import checkpoints, losses, models, train_state, train_step, trainer
-from aprn_jax.models import partial_fc
+from aprn_jax.models import layers, partial_fc
 import kill
 import tiny_setup
 
@@ -103,16 +103,20 @@ def test_rate_one_equals_the_dense_head_in_the_pmapped_step(head):
   assert np.abs(saved["opt"][1][0].trace[next(iter(saved["params"]))]).max() > 0
 
 
-def _pmapped_loss(head, rows, embedding, labels, key):
-  fn = jax.pmap(lambda r, e, y: partial_fc.loss_and_grads(head, r, e, y, key, "batch"),
-                axis_name="batch")
+def _pmapped_loss(head, rows, embedding, labels, key, ordered=False):
+  def loss(r, e, y):
+    with layers.ordered_reductions(ordered):
+      return partial_fc.loss_and_grads(head, r, e, y, key, "batch")
+  fn = jax.pmap(loss, axis_name="batch")
   return fn(rows, embedding.reshape(DEVICES, -1, embedding.shape[-1]),
             labels.reshape(DEVICES, -1))
 
 
-@pytest.mark.parametrize("head", list(MARGINS))
-def test_rate_one_loss_and_gradients_equal_the_dense_heads(head):
-  """Embedding and row gradients of the global mean loss, from jax.grad of the dense head."""
+@pytest.mark.parametrize("head,ordered", [(head, False) for head in MARGINS]
+                         + [("arcface", True)])
+def test_rate_one_loss_and_gradients_equal_the_dense_heads(head, ordered):
+  """Embedding and row gradients of the global mean loss, from jax.grad of the dense head;
+  also with the cross-device sums in device order (config.train.ordered_reductions)."""
   (dense_r, _), _ = make(head, "dense")
   (sharded_r, _), _ = make(head)
   rng = np.random.RandomState(3)
@@ -129,7 +133,7 @@ def test_rate_one_loss_and_gradients_equal_the_dense_heads(head):
   rows = partial_fc.from_global({"params": dense_rows(params),
                                  "opt": partial_fc.to_global(like)["opt"]}, like)
   got, _, cotangent, row_grads = _pmapped_loss(sharded_r.head, rows.params, embedding, labels,
-                                               jax.random.key(0))
+                                               jax.random.key(0), ordered)
   np.testing.assert_allclose(got, np.full(DEVICES, loss), rtol=1e-5)
   # Each device's cotangent: the gradient of its own images' mean loss (DEVICES x global).
   assert_close(np.asarray(cotangent).reshape(BATCH, -1) / DEVICES, g_embedding)

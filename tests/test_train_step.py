@@ -179,7 +179,9 @@ def test_baseline_step_does_not_run_the_discriminator(setup):
   assert set(metrics) == {"identity_loss", "accuracy"}
 
 
-def test_four_devices_equal_one_device_on_the_same_global_batch():
+@pytest.mark.parametrize("ordered", [False, True])
+def test_four_devices_equal_one_device_on_the_same_global_batch(ordered):
+  """Also with every cross-device sum in device order (config.train.ordered_reductions)."""
   cfg = tiny_setup.config()
   r_tx = d_tx = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.05, momentum=0.9))
   state = tiny_setup.init_state(cfg, r_tx, d_tx)
@@ -189,7 +191,7 @@ def test_four_devices_equal_one_device_on_the_same_global_batch():
     s = state
     for i in range(3):
       s, metrics = run_step(s, tiny_setup.batch(16, seed=i), mean_face, cfg, r_tx, d_tx,
-                            devices=devices)
+                            devices=devices, ordered_reductions=ordered)
     states[devices] = (s, metrics)
   (one, m1), (four, m4) = states[1], states[4]
   # Parameters, momentum traces and BatchNorm statistics of R and D all agree.

@@ -58,7 +58,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 import optax
 
-from aprn_jax.models import heads
+from aprn_jax.models import heads, layers
 
 CLASSIFIERS = ("dense", "sharded")
 
@@ -247,8 +247,8 @@ def loss_and_sample_grads(head, params, embedding, labels, key, axis):
   logits = jnp.where(real, jnp.where(is_target, target_logits[:, None], scale * scores),
                      -jnp.inf)
   top = jax.lax.pmax(jnp.max(logits, -1), axis)
-  total = jax.lax.psum(jnp.sum(jnp.exp(logits - top[:, None]), -1), axis)
-  target = jax.lax.psum(jnp.where(has_target, target_logits, 0.0), axis)
+  total = layers.sum_over_devices(jnp.sum(jnp.exp(logits - top[:, None]), -1), axis)
+  target = layers.sum_over_devices(jnp.where(has_target, target_logits, 0.0), axis)
   loss = jnp.mean(jnp.log(total) + top - target)
 
   # d loss / d logits = (softmax - one-hot) / B; through the scores: scale for the others,
@@ -259,11 +259,11 @@ def loss_and_sample_grads(head, params, embedding, labels, key, axis):
   d_scores = scale * softmax / batch + jnp.where(is_target, target_term[:, None], 0.0)
   row_grads, d_embedding = _pull_back(head, params, embedding, scores, saved, d_scores)
   devices = jax.lax.psum(1, axis)
-  cotangent = devices * jax.lax.psum_scatter(d_embedding, axis, scatter_dimension=0, tiled=True)
+  cotangent = devices * layers.sum_scatter_over_devices(d_embedding, axis)
 
   plain = jnp.where(real, scale * scores, -jnp.inf)  # the logits without margin
   best = jax.lax.pmax(jnp.max(plain, -1), axis)
-  mine = jax.lax.psum(jnp.where(has_target, scale * target_scores, 0.0), axis)
+  mine = layers.sum_over_devices(jnp.where(has_target, scale * target_scores, 0.0), axis)
   accuracy = jnp.mean(mine >= best)
   return loss, accuracy, cotangent, row_grads, (chosen if size < rows else None)
 
