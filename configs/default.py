@@ -108,7 +108,8 @@ def get_config():
       keep_checkpoints=2,
       # Every cross-device sum (gradients, BatchNorm statistics, metrics, the sharded
       # classifier's softmax) as an all-gather added in device order: the same floats for
-      # any split of the devices over processes, at devices / 2 times an all-reduce's bytes.
+      # any split of the devices over processes, at devices / 2 times an all-reduce's bytes
+      # and devices times the gradients' memory while they are added.
       ordered_reductions=False,
   )
 

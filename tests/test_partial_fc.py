@@ -108,19 +108,22 @@ def test_rate_one_equals_the_dense_head_in_the_pmapped_step(head):
     assert np.abs(saved["opt"][1][0].trace[next(iter(saved["params"]))]).max() > 0
 
 
+def with_trace(opt, trace):
+  """TX's state `opt` (chain(decay, sgd(trace, scale))) with its momentum `trace`."""
+  decay, (sgd, *rest) = opt
+  return decay, (sgd._replace(trace=trace), *rest)
+
+
 def sharded_state(dense, like):
   """The dense run's state as a sharded run's: its backbone with the backbone's momentum, and
   its head as rows (`like`'s split) with the head's momentum."""
+  trace = dense.recognizer_opt[1][0].trace
   state = backbone_only(dense)
-  trace = {"backbone": dense.recognizer_opt[1][0].trace["backbone"]}
-  decay, (sgd, *rest) = state.recognizer_opt  # chain(decay, sgd(trace, scale))
-  state = state.replace(recognizer_opt=(decay, (sgd._replace(trace=trace), *rest)))
-  head_params = dense.recognizer["params"]["head"]
-  head_trace = dense.recognizer_opt[1][0].trace["head"]
-  opt = partial_fc.to_global(like)["opt"]
-  opt = (opt[0], (opt[1][0]._replace(trace=dense_rows(head_trace)), *opt[1][1:]))
+  state = state.replace(recognizer_opt=with_trace(state.recognizer_opt,
+                                                  {"backbone": trace["backbone"]}))
+  opt = with_trace(partial_fc.to_global(like)["opt"], dense_rows(trace["head"]))
   return state.replace(classifier=partial_fc.from_global(
-      {"params": dense_rows(head_params), "opt": opt}, like))
+      {"params": dense_rows(dense.recognizer["params"]["head"]), "opt": opt}, like))
 
 
 def _pmapped_loss(head, rows, embedding, labels, key, ordered=False):

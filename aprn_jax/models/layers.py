@@ -99,8 +99,8 @@ def ordered_reductions(on=True):
   """Within (while a step is traced), every cross-device sum below is an all-gather summed in
   device order (config.train.ordered_reductions): the same floats however the devices are
   split over processes, where an all-reduce adds in the order its algorithm (in-process or
-  across hosts) picks. It moves devices / 2 times an all-reduce's bytes and holds a copy of
-  the summed tree per device."""
+  across hosts) picks. It moves devices / 2 times an all-reduce's bytes, and each device holds
+  every device's copy of the summed tree (devices times its memory) while it adds them."""
   token = _ORDERED.set(bool(on))
   try:
     yield
