@@ -260,24 +260,42 @@ def test_batch_norm_equals_nn_batch_norm(forms, dtype):
   assert ("custom_vjp_call" in jaxpr) == (forms != "flax")
 
 
-def test_batch_norm_over_devices_equals_nn_batch_norm():
-  """Under pmap (4 CPU devices) the statistics are over every device's images, and each
-  device's gradients (its own loss through the shared statistics) equal flax's."""
-  devices = jax.local_devices()[:4]
+def _batch_norm_over_devices(forms, ordered=False):
+  """(each of 4 CPU devices' gradients of its own BatchNorm loss through the statistics of
+  every device's images, in the form `forms`; the step's jaxpr)."""
   x = jax.random.normal(jax.random.key(0), (4, 3, 5, 5, 6)) * 2 + 1
   weights = jax.random.normal(jax.random.key(1), x.shape)
-  def grads(forms):
-    module = layers.batch_norm(True, momentum=0.9, dtype=jnp.float32, axis_name="d",
-                               forms=forms)()
-    variables = layers.batch_norm(True, momentum=0.9, dtype=jnp.float32, axis_name=None,
-                                  forms=forms)().init(jax.random.key(2), x[0])
-    def step(x, w):
+  module = layers.batch_norm(True, momentum=0.9, dtype=jnp.float32, axis_name="d",
+                             forms=forms)()
+  variables = layers.batch_norm(True, momentum=0.9, dtype=jnp.float32, axis_name=None,
+                                forms=forms)().init(jax.random.key(2), x[0])
+  def step(x, w):
+    with layers.ordered_reductions(ordered):
       return jax.grad(_bn_loss(module, w), (0, 1), has_aux=True)(variables, x)
-    return jax.pmap(step, axis_name="d", devices=devices)(x, weights)
-  got, want = grads("xla"), grads("flax")
+  grads = jax.pmap(step, axis_name="d", devices=jax.local_devices()[:4])(x, weights)
+  return grads, str(jax.make_jaxpr(step, axis_env=[("d", 4)])(x[0], weights[0]))
+
+
+def _assert_trees_close(got, want):
   assert jax.tree.structure(got) == jax.tree.structure(want)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_batch_norm_over_devices_equals_nn_batch_norm():
+  """Under pmap (4 CPU devices) the statistics are over every device's images, and each
+  device's gradients (its own loss through the shared statistics) equal flax's."""
+  _assert_trees_close(_batch_norm_over_devices("xla")[0], _batch_norm_over_devices("flax")[0])
+
+
+def test_batch_norm_statistics_add_in_device_order_in_flax_form():
+  """Within `ordered_reductions` BatchNorm's cross-device sums are all-gathers added in device
+  order in flax's form too (what GPUs and TPUs run), with flax's results."""
+  got, jaxpr = _batch_norm_over_devices("flax", ordered=True)
+  want, flax_jaxpr = _batch_norm_over_devices("flax")
+  _assert_trees_close(got, want)
+  assert "all_gather" in jaxpr and "psum" not in jaxpr
+  assert "psum" in flax_jaxpr
 
 
 @pytest.mark.parametrize("ordered", [True, False])

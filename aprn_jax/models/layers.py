@@ -180,15 +180,18 @@ class BatchNorm(nn.BatchNorm):
   last) has a hand-written gradient, `_batch_norm`: two sums over the batch and one pass for
   the input's gradient, where XLA:CPU's derivative of flax's form takes more passes over the
   maps (benchmarks/step_ab.py --change=bn_gradient: the default config's step 0.95x the time,
-  docs/benchmarks.md). Elsewhere, with running averages or a mask, it is flax's call."""
+  docs/benchmarks.md). Within `ordered_reductions` that form runs on every backend and in
+  every form, so the statistics' cross-device sums add in device order (flax's form takes
+  lax.pmean). Elsewhere, with running averages or a mask, it is flax's call."""
   forms: str = "fast"  # FORMS
 
   @nn.compact
   def __call__(self, x, use_running_average=None, *, mask=None):
     running = nn.merge_param("use_running_average", self.use_running_average,
                              use_running_average)
-    if (running or mask is not None or self.is_initializing()
-        or not cpu_forms(self.forms) or not BN_GRADIENT or self.axis != -1
+    ours = ((cpu_forms(self.forms) and BN_GRADIENT)
+            or (_ORDERED.get() and self.axis_name is not None))
+    if (running or mask is not None or self.is_initializing() or not ours or self.axis != -1
         or self.axis_index_groups is not None or not (self.use_bias and self.use_scale)):
       return super().__call__(x, use_running_average, mask=mask)
     features = (x.shape[-1],)
