@@ -10,6 +10,9 @@ Changes (each on by default in this project):
   call runs on oneDNN's own OpenMP team.
 - `bn_gradient`: BatchNorm's hand-written gradient on CPU (`layers.BN_GRADIENT`); off, XLA's
   derivative of flax's BatchNorm.
+- `jaxlib_onednn`: the forward, input-gradient and max-pool calls on batches too small to split
+  run on jaxlib's oneDNN, on XLA's own threads (`onednn.USE_JAXLIB`); off, on the oneDNN
+  package's OpenMP team.
 
 Both variants of each step kind are compiled (the batch already on the one device), then
 `--rounds` rounds alternate them, each timing `--steps` calls of each. Between processes this
@@ -44,8 +47,13 @@ def _set_bn_gradient(on):
   layers.BN_GRADIENT = on
 
 
+def _set_jaxlib_onednn(on):
+  onednn.USE_JAXLIB = on
+
+
 # change: (setter, whether it acts at trace time, so each variant is compiled with it set)
-CHANGES = {"onednn_split": (_set_onednn_split, False), "bn_gradient": (_set_bn_gradient, True)}
+CHANGES = {"onednn_split": (_set_onednn_split, False), "bn_gradient": (_set_bn_gradient, True),
+           "jaxlib_onednn": (_set_jaxlib_onednn, True)}
 
 
 def define_flags():
@@ -65,8 +73,10 @@ def measure(config, *, change, kinds, batch_size, rounds, steps, warmup, num_cla
     raise ValueError(f"--kinds={','.join(kinds)}: each must be one of {KINDS}")
   if jax.default_backend() != "cpu":
     raise ValueError(f"step_ab times CPU changes; this backend is {jax.default_backend()}")
-  if change == "onednn_split" and not onednn.available():
-    raise ValueError(f"--change=onednn_split needs oneDNN: {onednn.unavailable_reason()}")
+  if change in ("onednn_split", "jaxlib_onednn") and not onednn.available():
+    raise ValueError(f"--change={change} needs oneDNN: {onednn.unavailable_reason()}")
+  if change == "jaxlib_onednn" and onednn.jaxlib_onednn_reason():
+    raise ValueError(f"--change=jaxlib_onednn: {onednn.jaxlib_onednn_reason()}")
   setter, at_trace = CHANGES[change]
   host_batch, mean_face = compare_torch.random_batch(config, batch_size, num_classes,
                                                      num_landmarks)

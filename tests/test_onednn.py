@@ -1,6 +1,8 @@
 """aprn_jax/models/onednn.py: building the handlers, what happens without oneDNN, bad input.
 
 Its layers' values are tested against flax's in tests/test_layers.py."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -110,3 +112,63 @@ def test_kernel_gradient_of_taps_on_padding_alone_is_zero(dtype):
     expected = np.zeros((3, 3, 8, 8), np.float32)
     expected[1, 1] = np.repeat(np.asarray(x, np.float32).sum((0, 1, 2))[:, None], 8, axis=1)
     np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-6)
+
+
+def _conv_and_pool_grads(x, kernel):
+  """The oneDNN layers' values and gradients of a 3x3/2 convolution and a 3x3/2 max-pool, and
+  the compiled program's text."""
+  def loss(x, kernel):
+    y = onednn.conv(x, kernel, (2, 2), ((1, 1), (1, 1)))
+    pooled = onednn.max_pool(y, (3, 3), (2, 2), ((1, 1), (1, 1)))
+    return jnp.sum(jnp.sin(pooled.astype(jnp.float32)))
+  fn = jax.jit(jax.value_and_grad(loss, (0, 1)))
+  return fn(x, kernel), fn.lower(x, kernel).as_text()
+
+
+needs_jaxlib_onednn = pytest.mark.skipif(
+    not onednn.available() or onednn.jaxlib_onednn_reason() is not None,
+    reason=f"jaxlib's oneDNN not bound: {onednn.jaxlib_onednn_reason()}")
+
+
+@needs_jaxlib_onednn
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_small_batches_run_on_jaxlib_onednn_and_equal_the_package(monkeypatch, dtype):
+  """A batch too small to split over XLA's threads takes jaxlib's oneDNN for the forward, input
+  gradient and max-pool calls (the kernel gradient stays with the package's); the values
+  equal the package's handlers' (flax's are in tests/test_layers.py)."""
+  x = jax.random.normal(jax.random.key(0), (4, 11, 11, 24)).astype(dtype)
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, 24, 40)) * 0.1
+  got, program = _conv_and_pool_grads(x, kernel)
+  for target in onednn.JAXLIB_TARGETS:  # all but inference's max-pool
+    assert (f"@{target}(" in program) == (target != "aprn_onednn_max_pool_jaxlib"), target
+  assert "@aprn_onednn_conv_backward_kernel(" in program
+  monkeypatch.setattr(onednn, "USE_JAXLIB", False)
+  want, package_program = _conv_and_pool_grads(x, kernel)
+  assert onednn.JAXLIB_SUFFIX not in package_program
+  tolerance = 1e-5 if dtype == jnp.float32 else 2e-2
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    scale = float(jnp.abs(b.astype(jnp.float32)).max())
+    np.testing.assert_allclose(np.asarray(a, np.float32) / scale, np.asarray(b, np.float32) / scale,
+                               rtol=tolerance, atol=tolerance)
+
+
+@needs_jaxlib_onednn
+def test_batches_split_over_xla_threads_keep_the_package():
+  threads = len(os.sched_getaffinity(0))
+  x = jnp.ones((onednn.MIN_PART_IMAGES * threads, 9, 9, 4))
+  _, program = _conv_and_pool_grads(x, jnp.ones((3, 3, 4, 4)))
+  assert (onednn.JAXLIB_SUFFIX in program) == (threads == 1)
+
+
+@needs_onednn
+def test_an_unbound_jaxlib_onednn_leaves_every_call_to_the_package(monkeypatch, fresh_state):
+  build = onednn._build
+  def no_jaxlib(on_jaxlib=False):
+    if on_jaxlib:
+      raise RuntimeError("jaxlib's oneDNN is 2.7 with CPU runtime 2")
+    return build()
+  monkeypatch.setattr(onednn, "_build", no_jaxlib)
+  assert onednn.available()
+  assert onednn.jaxlib_onednn_reason() == "jaxlib's oneDNN is 2.7 with CPU runtime 2"
+  _, program = _conv_and_pool_grads(jnp.ones((2, 9, 9, 4)), jnp.ones((3, 3, 4, 4)))
+  assert "aprn_onednn_conv_forward" in program and onednn.JAXLIB_SUFFIX not in program

@@ -5,7 +5,9 @@
 //
 // A batch of 8+ images per thread of XLA's intra-op pool is split over that pool, one part per
 // thread, each part a oneDNN call with one OpenMP thread (InParts); smaller batches run on
-// oneDNN's OpenMP team.
+// oneDNN's OpenMP team. Built with APRN_ONEDNN_THREADPOOL, against jaxlib's oneDNN
+// (onednn_jaxlib.cc), no batch is split: every call runs on XLA's intra-op pool as oneDNN's
+// thread pool (XlaThreadPool).
 //
 // Every handler takes the maps in the caller's NHWC layout and the kernel in HWIO, so no layout
 // copy is made of the (large) maps; oneDNN may pick a blocked layout for the (small) kernel,
@@ -31,19 +33,77 @@
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
 
-namespace ffi = xla::ffi;
-
+#ifdef APRN_ONEDNN_THREADPOOL
+#include "oneapi/dnnl/dnnl_threadpool.hpp"
+#else
 // libgomp's, loaded with oneDNN: the OpenMP threads each oneDNN call runs with (see Run).
 extern "C" void omp_set_num_threads(int);
 extern "C" int omp_get_max_threads(void);
+#endif
+
+namespace ffi = xla::ffi;
 
 namespace {
 
 using dnnl::memory;
 using Tag = memory::format_tag;
 
+#ifdef APRN_ONEDNN_THREADPOOL
+// oneDNN on XLA's intra-op pool: each parallel_for runs its chunks on the calling thread and on
+// the pool's threads. The caller takes chunks too and waits only for chunks another thread has
+// begun, so a pool thread busy with another operation delays nothing and no core runs two
+// threads of one call.
+class XlaThreadPool : public dnnl::threadpool_interop::threadpool_iface {
+ public:
+  explicit XlaThreadPool(ffi::ThreadPool& pool) : pool_(pool) {}
+  int get_num_threads() const override { return std::max<int64_t>(1, pool_.num_threads()); }
+  bool get_in_parallel() const override { return in_parallel_; }
+  uint64_t get_flags() const override { return 0; }
+  void parallel_for(int n, const std::function<void(int, int)>& fn) override {
+    int helpers = std::min(n, get_num_threads()) - 1;
+    if (in_parallel_ || helpers <= 0) {
+      for (int i = 0; i < n; ++i) fn(i, n);
+      return;
+    }
+    auto work = std::make_shared<Chunks>(n, &fn);
+    for (int i = 0; i < helpers; ++i) pool_.Schedule([work] { work->Drain(); });
+    work->Drain();
+    std::unique_lock<std::mutex> lock(work->mutex);
+    work->finished.wait(lock, [&] { return work->done == work->claimed(); });
+  }
+
+ private:
+  struct Chunks {
+    Chunks(int n, const std::function<void(int, int)>* fn) : n(n), fn(fn) {}
+    const int n;
+    const std::function<void(int, int)>* fn;  // valid while a chunk is unfinished
+    std::atomic<int> next{0};
+    std::mutex mutex;
+    std::condition_variable finished;
+    int done = 0;
+    int claimed() { return std::min(next.load(), n); }
+    void Drain() {
+      for (int i = next.fetch_add(1); i < n; i = next.fetch_add(1)) {
+        bool outer = in_parallel_;
+        in_parallel_ = true;
+        (*fn)(i, n);
+        in_parallel_ = outer;
+        std::lock_guard<std::mutex> lock(mutex);
+        ++done;
+        finished.notify_all();
+      }
+    }
+  };
+  static thread_local bool in_parallel_;
+  ffi::ThreadPool& pool_;
+};
+thread_local bool XlaThreadPool::in_parallel_ = false;
+thread_local XlaThreadPool* t_pool = nullptr;  // the calling handler's (see Run)
+const int kOpenMpThreads = 1;
+#else
 // OpenMP's thread count when the library loads (OMP_NUM_THREADS, else the cores).
 const int kOpenMpThreads = omp_get_max_threads();
+#endif
 // A batch is split over XLA's threads only if each part gets at least this many images.
 constexpr int64_t kMinPartImages = 8;
 // Whether batches are split at all (benchmarks/step_ab.py --change=onednn_split compares the
@@ -86,6 +146,14 @@ dnnl::engine& Engine() {
   return engine;
 }
 
+dnnl::stream Stream() {
+#ifdef APRN_ONEDNN_THREADPOOL
+  return dnnl::threadpool_interop::make_stream(Engine(), t_pool);
+#else
+  return dnnl::stream(Engine());
+#endif
+}
+
 dnnl::primitive_attr UserScratchpad() {
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
@@ -119,6 +187,9 @@ std::shared_ptr<Entry> Lookup(const Geometry& g, Kind kind) {
   std::lock_guard<std::mutex> lock(mutex);
   auto& slot = cache[g.key(kind)];
   if (slot) return slot;
+#ifdef APRN_ONEDNN_THREADPOOL
+  dnnl_threadpool_interop_set_max_concurrency(g.threads);
+#endif
   auto entry = std::make_shared<Entry>();
   if (kind == Kind::kForward) {
     auto pd = ForwardDesc(g);
@@ -195,7 +266,7 @@ bool HasPaddingOnlyTaps(const Geometry& g) {
 void ConvPart(Kind kind, const Geometry& g, void* input, void* kernel, void* output) {
   auto entry = Lookup(g, kind);
   auto& engine = Engine();
-  dnnl::stream stream(engine);
+  dnnl::stream stream = Stream();
   // The caller's kernel (or kernel gradient) in its own type: a float32 kernel for
   // bfloat16 maps is rounded to bfloat16 by the reorder into the primitive's layout.
   memory::desc user_kernel_desc = g.kernel(g.kernel_type, Tag::hwio);
@@ -237,6 +308,9 @@ void ConvPart(Kind kind, const Geometry& g, void* input, void* kernel, void* out
 // How many parts a batch of n images is split into: one per thread of XLA's pool, each of
 // kMinPartImages or more; else 1 (oneDNN's OpenMP team).
 int Parts(ffi::ThreadPool& pool, int64_t n) {
+#ifdef APRN_ONEDNN_THREADPOOL
+  return 1;
+#endif
   if (!g_split_batches) return 1;
   int64_t parts = std::min<int64_t>(pool.num_threads(), n / kMinPartImages);
   return parts > 1 ? static_cast<int>(parts) : 1;
@@ -269,10 +343,14 @@ void Drain(Work& work) {
     int64_t begin = work.g.n * i / work.parts, end = work.g.n * (i + 1) / work.parts;
     Geometry part = work.g;
     part.n = end - begin;
-    part.threads = work.parts > 1 ? 1 : kOpenMpThreads;
     std::string error;
     try {
+#ifdef APRN_ONEDNN_THREADPOOL
+      part.threads = t_pool->get_num_threads();
+#else
+      part.threads = work.parts > 1 ? 1 : kOpenMpThreads;
       omp_set_num_threads(part.threads);
+#endif
       work.part(i, part, begin);
     } catch (const dnnl::error& e) {
       error = e.what();
@@ -290,7 +368,15 @@ void Drain(Work& work) {
 std::string InParts(ffi::ThreadPool& pool, const Geometry& g, int parts, PartFn part) {
   auto work = std::make_shared<Work>(g, parts, std::move(part));
   for (int i = 1; i < parts; ++i) pool.Schedule([work] { Drain(*work); });
+#ifdef APRN_ONEDNN_THREADPOOL
+  XlaThreadPool threads(pool);
+  XlaThreadPool* outer = t_pool;
+  t_pool = &threads;
   Drain(*work);
+  t_pool = outer;
+#else
+  Drain(*work);
+#endif
   std::unique_lock<std::mutex> lock(work->mutex);
   work->finished.wait(lock, [&] { return work->done == work->parts; });
   return work->error;
@@ -329,7 +415,7 @@ void PoolPart(Kind kind, const Geometry& g, void* input, void* output, void* wor
               size_t workspace_bytes) {
   auto entry = Lookup(g, kind);
   auto& engine = Engine();
-  dnnl::stream stream(engine);
+  dnnl::stream stream = Stream();
   if (kind != Kind::kPoolInference && entry->kernel_desc.get_size() != workspace_bytes)
     throw std::runtime_error(
         "workspace of " + std::to_string(entry->kernel_desc.get_size()) +

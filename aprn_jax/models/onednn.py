@@ -15,6 +15,19 @@ the oneDNN package of requirements.txt (`onednn-cpu-gomp`, headers from
 loads the library in milliseconds. Where oneDNN or a compiler is missing (the package is
 Linux x86-64 only) `available()` is False, with the reason in `unavailable_reason()`, and
 layers.py keeps XLA's forms.
+
+Which oneDNN. The package's oneDNN (3.2) runs each call on an OpenMP team of its own, started
+from whichever of XLA's threads makes the call, beside XLA's threads. jaxlib carries a newer
+oneDNN (3.7 in jaxlib 0.10.2) built to run on a caller's thread pool, linked in with its
+functions hidden but named in the library's symbol table. The same handlers are compiled a
+second time against it (onednn_jaxlib.cc: each C API function a jump to jaxlib's copy, found
+in that symbol table), with XLA's own intra-op pool as oneDNN's thread pool, and take the
+forward, input-gradient and max-pool calls that the package's handlers would run on one
+OpenMP team (batches too small to split over XLA's threads). The kernel gradient stays with
+the package's oneDNN: jaxlib's took 1.4x as long on ResNet-101's discriminator (105 against
+75 ms). Where jaxlib's copy cannot be bound (another jaxlib build, no symbol table), every
+call takes the package's, with the reason in `jaxlib_onednn_reason()`. Measured in
+docs/benchmarks.md ("oneDNN on XLA's threads").
 """
 import ctypes
 import functools
@@ -31,12 +44,22 @@ import jax.numpy as jnp
 import numpy as np
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn.cc")
+JAXLIB_SOURCE = os.path.join(os.path.dirname(SOURCE), "onednn_jaxlib.cc")
 TARGETS = {"aprn_onednn_conv_forward": "AprnConvForward",
            "aprn_onednn_conv_backward_data": "AprnConvBackwardData",
            "aprn_onednn_conv_backward_kernel": "AprnConvBackwardKernel",
            "aprn_onednn_max_pool": "AprnMaxPool",
            "aprn_onednn_max_pool_training": "AprnMaxPoolTraining",
            "aprn_onednn_max_pool_backward": "AprnMaxPoolBackward"}
+# The targets of the handlers built on jaxlib's oneDNN (all but the kernel gradient).
+JAXLIB_SUFFIX = "_jaxlib"
+JAXLIB_TARGETS = {name + JAXLIB_SUFFIX: symbol for name, symbol in TARGETS.items()
+                  if name != "aprn_onednn_conv_backward_kernel"}
+# Whether calls the package's handlers would run on one OpenMP team take jaxlib's oneDNN
+# (benchmarks/step_ab.py --change=jaxlib_onednn compares the two in one process).
+USE_JAXLIB = True
+# onednn.cc's kMinPartImages: a batch is split over XLA's threads from this many per thread.
+MIN_PART_IMAGES = 8
 
 _state = {}  # "library" once loaded, or "error" with why it cannot be
 
@@ -55,8 +78,9 @@ def _cache_dir():
       os.path.expanduser("~"), ".cache", "aprn_jax")
 
 
-def _build():
-  """Compiles (or finds) the handlers' shared library; returns its path."""
+def _build(on_jaxlib=False):
+  """Compiles (or finds) the handlers' shared library; returns its path. `on_jaxlib`: against
+  jaxlib's oneDNN (with onednn_jaxlib.cc and the package's headers), else the package's."""
   prefix = _onednn_prefix()
   if prefix is None:
     raise RuntimeError("oneDNN is not installed (pip install -r requirements.txt brings "
@@ -66,11 +90,14 @@ def _build():
     raise RuntimeError("no C++ compiler: set $CXX or install g++")
   include, lib = os.path.join(prefix, "include"), os.path.join(prefix, "lib")
   command = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w",
-             f"-I{jax.ffi.include_dir()}", f"-I{include}", SOURCE, f"-L{lib}", "-ldnnl",
-             f"-Wl,-rpath,{lib}"]
-  with open(SOURCE, "rb") as f:
-    digest = hashlib.sha256(f.read() + " ".join(command).encode()
-                            + jax.__version__.encode()).hexdigest()[:16]
+             f"-I{jax.ffi.include_dir()}", f"-I{include}", SOURCE]
+  if on_jaxlib:  # every oneDNN function defined in the library itself (-z defs checks it)
+    command += ["-DAPRN_ONEDNN_THREADPOOL", JAXLIB_SOURCE, "-Wl,-z,defs"]
+  else:
+    command += [f"-L{lib}", "-ldnnl", f"-Wl,-rpath,{lib}"]
+  sources = b"".join(open(path, "rb").read() for path in command if path.endswith(".cc"))
+  digest = hashlib.sha256(sources + " ".join(command).encode()
+                          + jax.__version__.encode()).hexdigest()[:16]
   path = os.path.join(_cache_dir(), f"onednn-{digest}.so")
   if os.path.exists(path):
     return path
@@ -91,18 +118,49 @@ def _build():
   return path
 
 
+def _register(library, targets):
+  for target, symbol in targets.items():
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
+                                platform="cpu")
+
+
 def _load():
   if "library" in _state or "error" in _state:
     return _state.get("library")
   try:
     library = ctypes.cdll.LoadLibrary(_build())
-    for target, symbol in TARGETS.items():
-      jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
-                                  platform="cpu")
+    _register(library, TARGETS)
     _state["library"] = library
   except (OSError, RuntimeError) as error:
     _state["error"] = str(error)
-  return _state.get("library")
+    return None
+  try:
+    on_jaxlib = ctypes.cdll.LoadLibrary(_build(on_jaxlib=True))
+    on_jaxlib.AprnBindJaxlibOneDnn.restype = ctypes.c_char_p
+    error = on_jaxlib.AprnBindJaxlibOneDnn()
+    if error is not None:
+      raise RuntimeError(error.decode())
+    _register(on_jaxlib, JAXLIB_TARGETS)
+    _state["jaxlib"] = on_jaxlib
+  except (OSError, RuntimeError) as error:
+    _state["jaxlib_error"] = str(error)
+  return library
+
+
+def jaxlib_onednn_reason():
+  """None where the handlers on jaxlib's oneDNN are bound, else why they are not."""
+  _load()
+  return None if "jaxlib" in _state else _state.get("jaxlib_error", _state.get("error"))
+
+
+def _target(name, batch):
+  """`name`, or its handler on jaxlib's oneDNN for a call that the package's handler would run
+  on one OpenMP team: a batch too small to split over XLA's threads (onednn.cc, Parts)."""
+  threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  if (USE_JAXLIB and "jaxlib" in _state and name + JAXLIB_SUFFIX in JAXLIB_TARGETS
+      and min(threads or 1, batch // MIN_PART_IMAGES) <= 1):
+    return name + JAXLIB_SUFFIX
+  return name
 
 
 def split_batches(split=True):
@@ -143,14 +201,16 @@ def _forward(x, kernel, strides, pads):
   out = (x.shape[0],) + _out_shape(x, kernel, strides, pads) + (kernel.shape[-1],)
   # The kernel goes in float32: oneDNN rounds it to x's dtype as it lays it out for the
   # primitive (a separate cast was a pass over every kernel, twice a step).
-  y = jax.ffi.ffi_call("aprn_onednn_conv_forward", jax.ShapeDtypeStruct(out, x.dtype))(
+  y = jax.ffi.ffi_call(_target("aprn_onednn_conv_forward", x.shape[0]),
+                       jax.ShapeDtypeStruct(out, x.dtype))(
       x, kernel, **_attrs(strides, pads))
   return y, (x, kernel)
 
 
 def _backward(strides, pads, residuals, grad):
   x, kernel = residuals
-  dx = jax.ffi.ffi_call("aprn_onednn_conv_backward_data", jax.ShapeDtypeStruct(
+  dx = jax.ffi.ffi_call(_target("aprn_onednn_conv_backward_data", x.shape[0]),
+                        jax.ShapeDtypeStruct(
       x.shape, x.dtype))(grad, kernel, **_attrs(strides, pads))
   # The kernel gradient is summed in float32 and returned in the kernel's own dtype (the
   # float32 parameter), as XLA's convolution of bfloat16 maps does.
@@ -199,13 +259,14 @@ def _pool_attrs(window, strides, pads):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _max_pool(x, window, strides, pads):
   out = (x.shape[0],) + _valid_pads(x.shape, window, strides, pads)[2] + (x.shape[-1],)
-  return jax.ffi.ffi_call("aprn_onednn_max_pool", jax.ShapeDtypeStruct(out, x.dtype))(
+  return jax.ffi.ffi_call(_target("aprn_onednn_max_pool", x.shape[0]),
+                          jax.ShapeDtypeStruct(out, x.dtype))(
       x, **_pool_attrs(window, strides, pads))
 
 
 def _max_pool_forward(x, window, strides, pads):
   out = (x.shape[0],) + _valid_pads(x.shape, window, strides, pads)[2] + (x.shape[-1],)
-  y, argmax = jax.ffi.ffi_call("aprn_onednn_max_pool_training", (
+  y, argmax = jax.ffi.ffi_call(_target("aprn_onednn_max_pool_training", x.shape[0]), (
       jax.ShapeDtypeStruct(out, x.dtype), jax.ShapeDtypeStruct(out, jnp.uint8)))(
           x, **_pool_attrs(window, strides, pads))
   return y, argmax
@@ -215,7 +276,8 @@ def _max_pool_backward(window, strides, pads, argmax, grad):
   # The (cropped) map's size follows from the output's: no output skips its last rows.
   shape = (grad.shape[0],) + tuple((o - 1) * s + k - lo - hi for o, s, k, (lo, hi) in zip(
       grad.shape[1:3], strides, window, pads)) + (grad.shape[-1],)
-  return (jax.ffi.ffi_call("aprn_onednn_max_pool_backward", jax.ShapeDtypeStruct(
+  return (jax.ffi.ffi_call(_target("aprn_onednn_max_pool_backward", grad.shape[0]),
+                           jax.ShapeDtypeStruct(
       shape, grad.dtype))(grad, argmax, **_pool_attrs(window, strides, pads)),)
 
 
