@@ -2,6 +2,7 @@
 
 Its layers' values are tested against flax's in tests/test_layers.py."""
 import os
+import platform
 
 import jax
 import jax.numpy as jnp
@@ -123,6 +124,14 @@ def _conv_and_pool_grads(x, kernel):
     return jnp.sum(jnp.sin(pooled.astype(jnp.float32)))
   fn = jax.jit(jax.value_and_grad(loss, (0, 1)))
   return fn(x, kernel), fn.lower(x, kernel).as_text()
+
+
+@needs_onednn
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="jaxlib's oneDNN is bound on x86-64")
+def test_the_pinned_jaxlib_onednn_is_bound():
+  """With requirements.txt's jaxlib the handlers bind to its oneDNN: a jaxlib that stops
+  carrying it (or its symbol table) fails here instead of skipping the tests below."""
+  assert onednn.jaxlib_onednn_reason() is None
 
 
 needs_jaxlib_onednn = pytest.mark.skipif(

@@ -98,8 +98,7 @@ class XlaThreadPool : public dnnl::threadpool_interop::threadpool_iface {
   ffi::ThreadPool& pool_;
 };
 thread_local bool XlaThreadPool::in_parallel_ = false;
-thread_local XlaThreadPool* t_pool = nullptr;  // the calling handler's (see Run)
-const int kOpenMpThreads = 1;
+thread_local XlaThreadPool* t_pool = nullptr;  // the calling handler's (see InParts)
 #else
 // OpenMP's thread count when the library loads (OMP_NUM_THREADS, else the cores).
 const int kOpenMpThreads = omp_get_max_threads();
