@@ -61,7 +61,9 @@ USE_JAXLIB = True
 # onednn.cc's kMinPartImages: a batch is split over XLA's threads from this many per thread.
 MIN_PART_IMAGES = 8
 
-_state = {}  # "library" once loaded, or "error" with why it cannot be
+# "library" once loaded, or "error" with why it cannot be; "jaxlib" once jaxlib's oneDNN is
+# bound, or "jaxlib_error" with why it is not.
+_state = {}
 
 
 def _onednn_prefix():

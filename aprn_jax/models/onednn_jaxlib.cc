@@ -86,8 +86,8 @@ int FindJaxlib(struct dl_phdr_info* info, size_t, void* data) {
   return 0;
 }
 
-// Fills `slot` for each wanted name found in the ELF symbol table of `path`; returns "" or
-// what is wrong.
+// Sets aprn_ptr_<name> for each function of APRN_DNNL_FUNCTIONS that the ELF symbol table of
+// `module` names; returns "" or what is wrong (a table or name outside the file included).
 std::string ReadSymbols(const Module& module) {
   int fd = open(module.path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return "cannot open " + module.path;
@@ -106,21 +106,34 @@ std::string ReadSymbols(const Module& module) {
   if (size < sizeof(Elf64_Ehdr) || std::memcmp(header->e_ident, ELFMAG, SELFMAG) != 0 ||
       header->e_ident[EI_CLASS] != ELFCLASS64) {
     error = module.path + " is not a 64-bit ELF file";
+  } else if (header->e_shoff > size ||
+             header->e_shnum > (size - header->e_shoff) / sizeof(Elf64_Shdr)) {
+    error = module.path + "'s section table lies outside the file";
   } else {
     auto* sections = reinterpret_cast<const Elf64_Shdr*>(file + header->e_shoff);
+    auto inside = [&](const Elf64_Shdr& s) {
+      return s.sh_offset <= size && s.sh_size <= size - s.sh_offset;
+    };
     const Elf64_Shdr* symtab = nullptr;
     for (int i = 0; i < header->e_shnum; ++i)
       if (sections[i].sh_type == SHT_SYMTAB) symtab = &sections[i];
     if (!symtab) {
       error = module.path + " has no symbol table";
+    } else if (symtab->sh_link >= header->e_shnum || !inside(*symtab) ||
+               !inside(sections[symtab->sh_link])) {
+      error = module.path + "'s symbol table lies outside the file";
     } else {
-      const char* names = file + sections[symtab->sh_link].sh_offset;
+      const Elf64_Shdr& strtab = sections[symtab->sh_link];
+      const char* names = file + strtab.sh_offset;
       auto* symbols = reinterpret_cast<const Elf64_Sym*>(file + symtab->sh_offset);
       size_t count = symtab->sh_size / sizeof(Elf64_Sym);
       for (size_t i = 0; i < count; ++i) {
         const Elf64_Sym& s = symbols[i];
         if (ELF64_ST_TYPE(s.st_info) != STT_FUNC || s.st_value == 0) continue;
+        if (s.st_name >= strtab.sh_size) continue;
         const char* name = names + s.st_name;
+        size_t room = strtab.sh_size - s.st_name;  // a name must end inside the table
+        if (strnlen(name, room) == room) continue;
         if (std::strncmp(name, "dnnl_", 5) != 0) continue;
         void* address = reinterpret_cast<void*>(module.base + s.st_value);
 #define APRN_MATCH(fn) \
